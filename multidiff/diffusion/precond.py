@@ -1,0 +1,33 @@
+"""EDM preconditioning (DESIGN §1): D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise).
+
+The backbone F never sees σ directly, only c_noise = ln(σ)/4; σ is σ (not ln σ) everywhere here.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(c_skip, c_out, c_in, c_noise) for noise level σ and data RMS σ_data."""
+    s2, d2 = sigma * sigma, sigma_data * sigma_data
+    c_skip = d2 / (s2 + d2)
+    c_out = sigma * sigma_data / (s2 + d2).sqrt()
+    c_in = 1 / (s2 + d2).sqrt()
+    c_noise = sigma.log() / 4
+    return c_skip, c_out, c_in, c_noise
+
+
+class EDMPrecond(nn.Module):
+    """Wraps a backbone ``net(x, c_noise, **cond) -> F`` into the x0-denoiser D(x; σ)."""
+
+    def __init__(self, net: nn.Module, sigma_data: float) -> None:
+        super().__init__()
+        self.net = net
+        self.sigma_data = float(sigma_data)
+
+    def forward(self, x: Tensor, sigma: Tensor, **cond) -> Tensor:
+        sigma = sigma.to(torch.float32).reshape(-1, *([1] * (x.ndim - 1)))
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
+        F = self.net(c_in * x, c_noise.flatten(), **cond)
+        return c_skip * x + c_out * F.to(torch.float32)

@@ -1,0 +1,127 @@
+"""Samplers over a σ tensor, and σ grids (DESIGN §3), in the style of k-diffusion.
+
+A sampler is a free function ``sampler(denoiser, x, sigmas, generator=...)``: ``x`` starts as
+σ_0·ε, ``sigmas`` is decreasing and ends with 0, and ``denoiser(x, sigma_batch)`` returns the
+x0 estimate. Grids return such a tensor of σ's (σ, not ln σ), including the final 0.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+Denoiser = Callable[[Tensor, Tensor], Tensor]
+
+
+def _append_zero(sigmas: Tensor) -> Tensor:
+    return torch.cat([sigmas, sigmas.new_zeros(1)])
+
+
+def karras(n: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> Tensor:
+    """EDM's grid: σ_i = (σmax^(1/ρ) + i/(n−1)·(σmin^(1/ρ) − σmax^(1/ρ)))^ρ, then 0."""
+    ramp = torch.linspace(0, 1, n, dtype=torch.float64)
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    return _append_zero((hi + ramp * (lo - hi)) ** rho).float()
+
+
+def loguniform(n: int, sigma_min: float, sigma_max: float) -> Tensor:
+    """n σ's equally spaced in ln σ from σ_max down to σ_min, then 0."""
+    return _append_zero(torch.linspace(math.log(sigma_max), math.log(sigma_min), n, dtype=torch.float64).exp()).float()
+
+
+def from_density(u: np.ndarray, density: np.ndarray, n: int) -> Tensor:
+    """n σ's at equal quantiles of a density tabulated on u = ln σ (from high to low noise), then 0."""
+    from ..schedules.tabulated import TabulatedDensity
+
+    dens = TabulatedDensity(torch.as_tensor(u, dtype=torch.float64), torch.as_tensor(density, dtype=torch.float64))
+    q = torch.linspace(1, 0, n, dtype=torch.float32)
+    return _append_zero(dens.icdf(q).double().exp()).float()
+
+
+def from_schedule(schedule: Any, n: int) -> Tensor:
+    """Sampling σ's from a schedule, a schedule table or a schedule file path.
+
+    With an InfoNoise profile this is the InfoGrid: equal quantiles of the cumulative information
+    (the gated rate r·g); otherwise equal quantiles of the training density (e.g. a CRS CDF).
+    """
+    from ..schedules.base import Schedule, ScheduleTable
+    from ..schedules.io import load_schedule_file
+
+    if isinstance(schedule, Schedule):
+        table = schedule.to_table()
+    elif isinstance(schedule, ScheduleTable):
+        table = schedule
+    else:
+        table = load_schedule_file(schedule).table
+    u, density = sampling_density(table)
+    return from_density(u, density, n)
+
+
+def sampling_density(table: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(u, density) on which sampling σ's are placed: r·g for an information profile, else the pdf."""
+    prof, gate = table.profile, table.gate
+    if prof.get("rate") and prof.get("u") and "c" in gate:
+        pu, rate = np.asarray(prof["u"]), np.asarray(prof["rate"])
+        sigma = np.exp(pu)
+        info = rate / (1 + (gate["c"] / sigma) ** gate.get("n", 3.0))
+        u = np.r_[math.log(table.sigma_min), pu, math.log(table.sigma_max)]
+        return u, np.r_[info[0], info, info[-1]]
+    return np.asarray(table.u), np.asarray(table.pdf)
+
+
+def _gamma(sigma: float, n_steps: int, churn: float, tmin: float, tmax: float) -> float:
+    return min(churn / n_steps, math.sqrt(2) - 1) if (churn > 0 and tmin <= sigma <= tmax) else 0.0
+
+
+@torch.no_grad()
+def heun(
+    denoiser: Denoiser,
+    x: Tensor,
+    sigmas: Tensor,
+    *,
+    churn: float = 0.0,
+    churn_tmin: float = 0.0,
+    churn_tmax: float = float("inf"),
+    noise_scale: float = 1.0,
+    generator: Optional[torch.Generator] = None,
+    second_order: bool = True,
+) -> Tensor:
+    """EDM Algorithm 2: Heun's 2nd-order method with optional churn (stochasticity)."""
+    n = len(sigmas) - 1
+    ones = x.new_ones(x.shape[0])
+    for i in range(n):
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        gamma = _gamma(s, n, churn, churn_tmin, churn_tmax)
+        s_hat = s * (1 + gamma)
+        if gamma > 0:
+            eps = torch.randn(x.shape, generator=generator, device=x.device) * noise_scale
+            x = x + math.sqrt(s_hat**2 - s**2) * eps
+        d = (x - denoiser(x, s_hat * ones)) / s_hat
+        x_next = x + (s_next - s_hat) * d
+        if second_order and s_next > 0:
+            d_next = (x_next - denoiser(x_next, s_next * ones)) / s_next
+            x_next = x + (s_next - s_hat) * 0.5 * (d + d_next)
+        x = x_next
+    return x
+
+
+def euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, **kwargs: Any) -> Tensor:
+    """First-order Euler steps of the probability-flow ODE (same churn options as ``heun``)."""
+    return heun(denoiser, x, sigmas, second_order=False, **kwargs)
+
+
+SAMPLERS = {"heun": heun, "euler": euler}
+
+
+def sigma_grid(kind: str, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, schedule: Any = None) -> Tensor:
+    """A grid by name: ``karras``, ``loguniform``, ``learned`` (needs ``schedule``) or a schedule file path."""
+    if kind == "karras":
+        return karras(n, sigma_min, sigma_max, rho)
+    if kind == "loguniform":
+        return loguniform(n, sigma_min, sigma_max)
+    if kind == "learned":
+        return from_schedule(schedule, n)
+    return from_schedule(kind, n)

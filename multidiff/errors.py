@@ -1,0 +1,13 @@
+"""Errors that reach the user as one line and exit status 2 (DESIGN §8)."""
+
+
+class UserError(Exception):
+    """Bad input: a malformed recipe, unknown name, corrupt file, missing dataset, diverged run.
+
+    The CLI prints ``multidiff: error: <message>`` on one line and exits with status 2. The message
+    must name what is wrong (the file, field, flag or value), never rely on a traceback.
+    """
+
+
+class NonFiniteLossError(UserError):
+    """Training produced NaN/inf losses; the run stops and keeps what was already written."""

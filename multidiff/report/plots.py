@@ -1,0 +1,87 @@
+"""PNG plots: a schedule's density against EDM's and its learned profile; metric curves."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from ..schedules.base import ScheduleContext, ScheduleTable  # noqa: E402
+from ..schedules.fixed import LogNormal  # noqa: E402
+
+
+def edm_density(sigma_min: float, sigma_max: float, u: np.ndarray) -> np.ndarray:
+    """EDM's log-normal training density on the same σ range, per unit ln σ."""
+    edm = LogNormal(ScheduleContext(sigma_min, sigma_max))
+    return edm.pdf(torch.as_tensor(u, dtype=torch.float64)).numpy()
+
+
+def density_peak(table: ScheduleTable) -> float:
+    """σ where the training density peaks."""
+    return float(math.exp(table.u[int(np.argmax(table.pdf))]))
+
+
+def plot_density_axes(ax, tables: dict[str, ScheduleTable], reference: bool = True) -> None:
+    first = next(iter(tables.values()))
+    for label, t in tables.items():
+        ax.plot(np.exp(t.u), t.pdf, label=f"{label} (peak σ={density_peak(t):.3g})")
+    if reference and not any(t.method == "edm" for t in tables.values()):
+        u = np.linspace(math.log(first.sigma_min), math.log(first.sigma_max), 400)
+        ax.plot(np.exp(u), edm_density(first.sigma_min, first.sigma_max, u), "k--", lw=1, label="EDM log-normal")
+    ax.set_xscale("log")
+    ax.set_xlabel("σ")
+    ax.set_ylabel("training density per unit ln σ")
+    ax.legend(fontsize=8)
+
+
+def plot_profile_axes(ax, table: ScheduleTable) -> None:
+    prof, gate = table.profile, table.gate
+    sigma = np.exp(np.asarray(prof["u"]))
+    rate = np.asarray(prof["rate"])
+    ax.plot(sigma, np.asarray(prof["mmse"]), label="m̂(σ): x0 error per dim")
+    ax.plot(sigma, rate / rate.max(), label="rate m̂/σ² (normalized)")
+    if "c" in gate:
+        g = 1 / (1 + (gate["c"] / sigma) ** gate.get("n", 3.0))
+        gated = rate * g
+        ax.plot(sigma, gated / gated.max(), label="gated rate (normalized)")
+        ax.axvline(gate["c"], color="gray", ls=":", lw=1, label=f"gate c={gate['c']:.3g} ({gate.get('rule', '')})")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-4, 2)
+    ax.set_xlabel("σ")
+    ax.set_title("estimated profile")
+    ax.legend(fontsize=8)
+
+
+def plot_schedule(table: ScheduleTable, path: Path, title: Optional[str] = None) -> Path:
+    has_profile = bool(table.profile.get("rate"))
+    fig, axes = plt.subplots(1, 2 if has_profile else 1, figsize=(12 if has_profile else 6.5, 4.2), squeeze=False)
+    plot_density_axes(axes[0, 0], {table.method: table})
+    axes[0, 0].set_title(title or f"{table.method} training density (step {table.step})")
+    if has_profile:
+        plot_profile_axes(axes[0, 1], table)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_curves(curves: dict[str, tuple[list[float], list[float]]], path: Path, ylabel: str, title: str = "") -> Path:
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label, (steps, values) in curves.items():
+        ax.plot(steps, values, marker="o", ms=3, label=label)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -1,0 +1,185 @@
+"""The schedule interface (DESIGN §2).
+
+A schedule is a training-noise distribution over ``u = ln σ`` on ``[ln σ_min, ln σ_max]``. It
+changes *only* where σ is drawn from; the loss weight and parameterization stay fixed elsewhere.
+Every number that crosses this interface is either σ (``sample``, ``observe``) or u = ln σ
+(``pdf``, ``cdf``, ``icdf``); densities are per unit u.
+
+Schedules import nothing from domains or the trainer: what they need to know about the run
+(σ range, σ_data, the fixed loss weight w(σ)) arrives in a :class:`ScheduleContext`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..errors import UserError
+
+WeightFn = Callable[[Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class ScheduleContext:
+    """What a schedule may know about the run it serves.
+
+    sigma_min, sigma_max: the σ range (σ, not ln σ). sigma_data: RMS of the encoded data.
+    weight: the recipe's fixed loss weight w(σ) (takes σ, returns w); ``None`` means w ≡ 1.
+    """
+
+    sigma_min: float
+    sigma_max: float
+    sigma_data: float = 1.0
+    weight: Optional[WeightFn] = None
+
+    def __post_init__(self) -> None:
+        if not (0 < self.sigma_min < self.sigma_max) or not math.isfinite(self.sigma_max):
+            raise UserError(
+                f"sigma range must satisfy 0 < sigma_min < sigma_max < inf, got "
+                f"[{self.sigma_min}, {self.sigma_max}]"
+            )
+
+    @property
+    def u_min(self) -> float:
+        return math.log(self.sigma_min)
+
+    @property
+    def u_max(self) -> float:
+        return math.log(self.sigma_max)
+
+
+@dataclass
+class ScheduleTable:
+    """The tabulated form of a schedule, as exported to a schedule file (DESIGN §4).
+
+    ``u`` is a grid of ln σ, ``pdf`` the density per unit u on it, ``cdf`` its integral. ``profile``
+    holds what an adaptive schedule estimated (its own ``u`` grid, e.g. ``mmse``, ``rate``,
+    ``counts``); ``gate`` the InfoNoise low-noise gate; ``params`` the method's parameters.
+    """
+
+    method: str
+    sigma_min: float
+    sigma_max: float
+    u: list[float]
+    pdf: list[float]
+    cdf: list[float]
+    profile: dict[str, list[float]] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    step: int = 0
+
+
+def stratified_uniform(
+    n: int, generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None
+) -> Tensor:
+    """n uniforms on [0, 1), one in each of n equal strata: lower-variance than iid draws."""
+    offsets = torch.arange(n, device=device, dtype=torch.float32)
+    return (offsets + torch.rand(n, generator=generator, device=device)) / n
+
+
+class Schedule:
+    """Base class: a fixed density over u = ln σ. Adaptive schedules override the hooks below."""
+
+    name: str = "schedule"
+    #: steps between calls to :meth:`refresh` (0: never; fixed schedules).
+    refresh_every: int = 0
+
+    def __init__(self, ctx: ScheduleContext, params: Any = None) -> None:
+        self.ctx = ctx
+        self.params = params
+        self.device = torch.device("cpu")
+
+    # ---- the distribution, on u = ln σ -------------------------------------------------------
+    def pdf(self, u: Tensor) -> Tensor:
+        """Density per unit u at u = ln σ (zero outside the range)."""
+        raise NotImplementedError
+
+    def cdf(self, u: Tensor) -> Tensor:
+        """P(ln σ ≤ u)."""
+        raise NotImplementedError
+
+    def icdf(self, q: Tensor) -> Tensor:
+        """Inverse CDF: quantile q in [0, 1] → u = ln σ."""
+        raise NotImplementedError
+
+    def sample(
+        self, n: int, generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None
+    ) -> Tensor:
+        """n training σ's (σ, not ln σ): stratified uniforms through the inverse CDF, on ``device``."""
+        q = stratified_uniform(n, generator, device or self.device)
+        return self.icdf(q).exp()
+
+    # ---- adaptation hooks (no-ops for fixed schedules) ---------------------------------------
+    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor) -> None:
+        """Per-example detached σ, unweighted x0-space error per dimension, and weighted loss.
+
+        Called every training step; implementations must stay on the device (no host sync).
+        """
+
+    def refresh(self, step: int) -> dict[str, Any]:
+        """Rebuild the density from accumulated statistics; returns what to log (may be empty)."""
+        return {}
+
+    def loss_scale(self, sigma: Tensor) -> Optional[Tensor]:
+        """Per-example factor on the weighted loss (importance correction), or None for 1."""
+        return None
+
+    def synchronize(self) -> None:
+        """Merge per-process pending statistics so rank 0 holds them all (before a checkpoint)."""
+
+    # ---- state --------------------------------------------------------------------------------
+    def to(self, device: torch.device | str) -> "Schedule":
+        self.device = torch.device(device)
+        return self
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+    def grid(self, n: int = 256) -> Tensor:
+        """A uniform grid of n points over [ln σ_min, ln σ_max] (float64, CPU)."""
+        return torch.linspace(self.ctx.u_min, self.ctx.u_max, n, dtype=torch.float64)
+
+    def to_table(self, n: int = 256) -> ScheduleTable:
+        """Tabulate the current density on a uniform grid (exported as the schedule file)."""
+        from .tabulated import TabulatedDensity
+
+        u = self.grid(n)
+        with torch.no_grad():
+            pdf = self.pdf(u.to(self.device, torch.float32)).double().cpu()
+        dens = TabulatedDensity(u, pdf)
+        return ScheduleTable(
+            method=self.name,
+            sigma_min=self.ctx.sigma_min,
+            sigma_max=self.ctx.sigma_max,
+            u=dens.u64.tolist(),
+            pdf=dens.p64.tolist(),
+            cdf=dens.c64.tolist(),
+            params=_params_dict(self.params),
+        )
+
+
+def _params_dict(params: Any) -> dict[str, Any]:
+    from dataclasses import asdict, is_dataclass
+
+    return asdict(params) if is_dataclass(params) else dict(params or {})
+
+
+def all_reduce_sum_(*tensors: Tensor) -> None:
+    """Sum tensors across processes in place (no-op without an initialized process group)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        for t in tensors:
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def process_rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

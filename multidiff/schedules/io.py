@@ -1,0 +1,169 @@
+"""The schedule file (DESIGN §4): versioned, self-describing JSON, validated field by field."""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import UserError
+from .base import ScheduleTable
+
+FORMAT = "multidiff.schedule"
+VERSION = 1
+_REQUIRED = ("method", "sigma_min", "sigma_max", "u", "pdf", "cdf")
+
+
+@dataclass
+class ScheduleFile:
+    """A loaded schedule file: the table plus where it came from (domain, dataset, σ_data, ...)."""
+
+    table: ScheduleTable
+    meta: dict[str, Any] = field(default_factory=dict)
+    path: str = ""
+
+
+def table_to_json(table: ScheduleTable, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    meta = meta or {}
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "method": table.method,
+        "domain": meta.get("domain"),
+        "dataset": meta.get("dataset"),
+        "sigma_data": meta.get("sigma_data"),
+        "sigma_min": table.sigma_min,
+        "sigma_max": table.sigma_max,
+        "weighting": meta.get("weighting"),
+        "u": list(table.u),
+        "pdf": list(table.pdf),
+        "cdf": list(table.cdf),
+        "profile": table.profile,
+        "gate": table.gate,
+        "params": table.params,
+        "step": int(table.step),
+        "created_by": f"multidiff {__version__}",
+    }
+
+
+def save_schedule_file(path: str | os.PathLike, table: ScheduleTable, meta: dict[str, Any] | None = None) -> Path:
+    """Write atomically (temp file + rename), so a crash never leaves a half-written schedule."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(table_to_json(table, meta), indent=1, allow_nan=False))
+    os.replace(tmp, path)
+    return path
+
+
+def load_schedule_file(path: str | os.PathLike) -> ScheduleFile:
+    """Read and validate a schedule file; every problem is a UserError naming the file and field."""
+    path = Path(path)
+    name = str(path)
+    if not path.is_file():
+        raise UserError(f"schedule file {name} not found")
+    try:
+        data = json.loads(path.read_text(), parse_constant=_reject_constant)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"schedule file {name} is not valid JSON ({exc})") from None
+    except ValueError as exc:  # NaN/Infinity literals
+        raise UserError(f"schedule file {name}: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"schedule file {name}: top level must be a JSON object")
+    if data.get("format") != FORMAT:
+        raise UserError(f"schedule file {name}: field 'format' must be '{FORMAT}', got {data.get('format')!r}")
+    if data.get("version") != VERSION:
+        raise UserError(
+            f"schedule file {name}: field 'version' is {data.get('version')!r}; this multidiff reads version {VERSION}"
+        )
+    for key in _REQUIRED:
+        if key not in data:
+            raise UserError(f"schedule file {name}: missing field '{key}'")
+    smin, smax = _positive(name, data, "sigma_min"), _positive(name, data, "sigma_max")
+    if not smin < smax:
+        raise UserError(f"schedule file {name}: 'sigma_min' ({smin}) must be below 'sigma_max' ({smax})")
+    u = _numbers(name, data, "u")
+    pdf = _numbers(name, data, "pdf")
+    cdf = _numbers(name, data, "cdf")
+    if len(u) < 2:
+        raise UserError(f"schedule file {name}: field 'u' needs at least 2 points")
+    for key, arr in (("pdf", pdf), ("cdf", cdf)):
+        if len(arr) != len(u):
+            raise UserError(f"schedule file {name}: field '{key}' has {len(arr)} values but 'u' has {len(u)}")
+    if not (np.diff(u) > 0).all():
+        raise UserError(f"schedule file {name}: field 'u' must be strictly increasing")
+    if abs(u[0] - math.log(smin)) > 1e-6 or abs(u[-1] - math.log(smax)) > 1e-6:
+        raise UserError(
+            f"schedule file {name}: field 'u' must span [ln sigma_min, ln sigma_max] = "
+            f"[{math.log(smin):.6g}, {math.log(smax):.6g}], got [{u[0]:.6g}, {u[-1]:.6g}]"
+        )
+    if (pdf < 0).any():
+        raise UserError(f"schedule file {name}: field 'pdf' has negative values")
+    if (np.diff(cdf) < -1e-12).any():
+        raise UserError(f"schedule file {name}: field 'cdf' is not monotone non-decreasing")
+    if abs(cdf[0]) > 1e-6 or abs(cdf[-1] - 1) > 1e-6:
+        raise UserError(f"schedule file {name}: field 'cdf' must run from 0 to 1, got {cdf[0]:.6g} to {cdf[-1]:.6g}")
+    trapezoid = np.concatenate([[0.0], np.cumsum(0.5 * np.diff(u) * (pdf[:-1] + pdf[1:]))])
+    if np.abs(trapezoid - cdf).max() > 1e-3:
+        raise UserError(
+            f"schedule file {name}: fields 'pdf' and 'cdf' are inconsistent "
+            f"(integral of pdf differs from cdf by {np.abs(trapezoid - cdf).max():.3g})"
+        )
+    profile = data.get("profile") or {}
+    if not isinstance(profile, dict):
+        raise UserError(f"schedule file {name}: field 'profile' must be an object")
+    lengths = {}
+    for key, values in profile.items():
+        lengths[key] = len(_numbers(name, profile, key, prefix="profile."))
+    if len(set(lengths.values())) > 1:
+        raise UserError(f"schedule file {name}: field 'profile' has lists of different lengths {lengths}")
+    gate = data.get("gate") or {}
+    if not isinstance(gate, dict):
+        raise UserError(f"schedule file {name}: field 'gate' must be an object")
+    if "c" in gate:
+        _positive(name, gate, "c", prefix="gate.")
+    params = data.get("params") or {}
+    if not isinstance(params, dict):
+        raise UserError(f"schedule file {name}: field 'params' must be an object")
+    table = ScheduleTable(
+        method=str(data["method"]),
+        sigma_min=smin,
+        sigma_max=smax,
+        u=u.tolist(),
+        pdf=pdf.tolist(),
+        cdf=cdf.tolist(),
+        profile={k: [float(x) for x in v] for k, v in profile.items()},
+        gate=gate,
+        params=params,
+        step=int(data.get("step") or 0),
+    )
+    meta = {k: data.get(k) for k in ("domain", "dataset", "sigma_data", "weighting", "created_by")}
+    return ScheduleFile(table=table, meta=meta, path=name)
+
+
+def _reject_constant(token: str) -> Any:
+    raise ValueError(f"non-finite number {token} is not allowed")
+
+
+def _positive(name: str, data: dict, key: str, prefix: str = "") -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UserError(f"schedule file {name}: field '{prefix}{key}' must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _numbers(name: str, data: dict, key: str, prefix: str = "") -> np.ndarray:
+    values = data.get(key)
+    if not isinstance(values, list) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+    ):
+        raise UserError(f"schedule file {name}: field '{prefix}{key}' must be a list of numbers")
+    arr = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise UserError(f"schedule file {name}: field '{prefix}{key}' has non-finite values")
+    return arr

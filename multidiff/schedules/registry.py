@@ -1,0 +1,108 @@
+"""Schedules by CLI name, their parameters and defaults, and construction with validation."""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import UserError
+from .base import Schedule, ScheduleContext
+from .fixed import EDM2, EDM2Params, LogNormal, LogNormalParams, LogUniform, NoParams
+from .infonoise import InfoNoise, InfoNoiseParams
+from .io import load_schedule_file
+from .tabulated import TabulatedSchedule
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    name: str
+    cls: type[Schedule]
+    params: type
+    summary: str
+
+
+REGISTRY: dict[str, ScheduleSpec] = {
+    s.name: s
+    for s in [
+        ScheduleSpec("edm", LogNormal, LogNormalParams, "EDM log-normal: ln σ ~ N(p_mean, p_std²)"),
+        ScheduleSpec("edm2", EDM2, EDM2Params, "EDM2 log-normal: ln σ ~ N(-0.4, 1.0²)"),
+        ScheduleSpec("loguniform", LogUniform, NoParams, "uniform in ln σ over the range"),
+        ScheduleSpec(
+            "infonoise", InfoNoise, InfoNoiseParams, "learned online from the entropy-rate profile mmse(σ)/σ²"
+        ),
+    ]
+}
+
+
+def is_schedule_file(spec: str) -> bool:
+    return spec.endswith(".json") or Path(spec).is_file()
+
+
+def param_defaults(name: str) -> dict[str, Any]:
+    return dataclasses.asdict(REGISTRY[name].params())
+
+
+def make_params(name: str, values: dict[str, Any]) -> Any:
+    """The parameter dataclass of schedule ``name`` from a dict, with unknown keys and bad types refused."""
+    cls = REGISTRY[name].params
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise UserError(
+            f"schedule '{name}' has no parameter {unknown[0]!r}; its parameters are: {', '.join(sorted(fields)) or 'none'}"
+        )
+    return cls(**{k: _coerce(f"schedule.{k}", v, hints[k]) for k, v in values.items()})
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    optional = type(None) in typing.get_args(hint)
+    base = next((a for a in typing.get_args(hint) if a is not type(None)), hint) if optional else hint
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{key} must not be null")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif base is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return float(value)
+    elif base is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    kind = {bool: "true/false", int: "an integer", float: "a finite number", str: "a string"}[base]
+    raise UserError(f"{key} must be {kind}{' or null' if optional else ''}, got {value!r}")
+
+
+def build_schedule(spec: str, values: dict[str, Any], ctx: ScheduleContext) -> Schedule:
+    """A schedule from a CLI name (with parameter values) or a schedule file path (frozen)."""
+    if spec in REGISTRY:
+        params = make_params(spec, values)
+        try:
+            return REGISTRY[spec].cls(ctx, params)
+        except ValueError as exc:
+            raise UserError(f"schedule '{spec}': {exc}") from None
+    if is_schedule_file(spec):
+        loaded = load_schedule_file(spec)
+        table = loaded.table
+        if not (math.isclose(table.sigma_min, ctx.sigma_min, rel_tol=1e-6)
+                and math.isclose(table.sigma_max, ctx.sigma_max, rel_tol=1e-6)):
+            raise UserError(
+                f"schedule file {spec} covers σ in [{table.sigma_min:g}, {table.sigma_max:g}] but the recipe "
+                f"trains on [{ctx.sigma_min:g}, {ctx.sigma_max:g}]; set diffusion.sigma_min/sigma_max to match"
+            )
+        return TabulatedSchedule(ctx, table, source=spec)
+    raise UserError(
+        f"unknown schedule {spec!r}; choose one of {', '.join(REGISTRY)} or a schedule file (.json)"
+    )

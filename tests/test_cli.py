@@ -1,0 +1,152 @@
+"""The command line as a user runs it: a run directory end to end, reuse of its schedule, bad input."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, tiny_train_args
+from multidiff.cli import main
+from multidiff.schedules.io import load_schedule_file
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "digits"
+    assert main(tiny_train_args(out, steps=20, extra=("schedule.warmup=5", "schedule.refresh=5"))) == 0
+    return out
+
+
+def test_run_directory_layout(run):
+    for rel in ["recipe.yaml", "metrics.csv", "schedule.json", "eval.json", "checkpoints/last.ckpt",
+                "checkpoints/step0000010.ckpt", "checkpoints/step0000020.ckpt", "schedule_history/refreshes.csv",
+                "schedule_history/step0000020.json", "plots/schedule.png", "plots/nelbo.png", "samples/final.png",
+                "samples/final.npy"]:  # fmt: skip
+        assert (run / rel).is_file(), rel
+    for png in ["plots/schedule.png", "plots/nelbo.png", "samples/final.png"]:
+        assert Image.open(run / png).size[0] > 100
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["step"] == 20 and ev["schedule"] == "infonoise" and ev["nelbo_unit"] == "bits/pixel"
+    assert 0 < ev["nelbo"] < 20 and ev["fd"] > 0 and sum(ev["sample_class_histogram"]) == 64
+    samples = np.load(run / "samples" / "final.npy")
+    assert samples.shape == (16, 1, 8, 8) and set(np.unique(samples)) <= {0, 1}
+    table = load_schedule_file(run / "schedule.json").table
+    assert table.method == "infonoise" and table.step == 20 and table.gate["c"] == 0.2
+    rows = (run / "schedule_history" / "refreshes.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["5", "10", "15", "20"]
+    metrics = (run / "metrics.csv").read_text()
+    assert "val/nelbo" in metrics and "train/loss" in metrics
+
+
+def test_sample_eval_and_schedule_commands(run, tmp_path, capsys):
+    assert main(["sample", str(run), "--n", "9", "--steps", "5", "--sigmas", "learned", "--seed", "3"]) == 0
+    first = np.load(run / "samples" / "learned-heun5-seed3.npy")
+    assert first.shape == (9, 1, 8, 8)
+    assert main(["sample", str(run), "--n", "9", "--steps", "5", "--sigmas", "learned", "--seed", "3"]) == 0
+    assert np.array_equal(first, np.load(run / "samples" / "learned-heun5-seed3.npy"))  # seeded
+    assert main(["sample", str(run), "--n", "4", "--steps", "3", "--sigmas", str(run / "schedule.json")]) == 0
+    assert main(["eval", str(run)]) == 0
+    assert json.loads((run / "eval.json").read_text())["step"] == 20
+    exported = tmp_path / "learned.json"
+    assert main(["schedule", "export", str(run), "-o", str(exported)]) == 0
+    assert main(["schedule", "export", str(run), "-o", str(exported)]) == 2  # never overwrite silently
+    assert main(["schedule", "show", str(exported)]) == 0
+    assert (tmp_path / "learned.png").is_file()
+    capsys.readouterr()
+    assert main(["schedule", "sigmas", str(exported), "--steps", "6"]) == 0
+    sigmas = json.loads(capsys.readouterr().out)
+    assert len(sigmas) == 7 and sigmas[-1] == 0 and sigmas[0] == pytest.approx(80.0) and sigmas == sorted(sigmas, reverse=True)
+
+
+def test_learned_schedule_file_trains_a_new_run_frozen(run, tmp_path):
+    out = tmp_path / "frozen"
+    args = tiny_train_args(out, steps=10)
+    args[args.index("--out"):args.index("--out")] = ["--schedule", str(run / "schedule.json")]
+    assert main(args) == 0
+    frozen = load_schedule_file(out / "schedule.json").table
+    learned = load_schedule_file(run / "schedule.json").table
+    assert frozen.pdf == learned.pdf and (out / "eval.json").is_file()
+
+
+def test_compare_to_edm_writes_a_comparison(tmp_path):
+    out = tmp_path / "cmp"
+    assert main(tiny_train_args(out, steps=10) + ["--compare-to", "edm"]) == 0
+    md = (out / "comparison.md").read_text()
+    assert "| infonoise |" in md and "| edm |" in md and "speedup" in md.lower()
+    assert (out / "comparison.png").is_file()
+    base = json.loads((out / "edm" / "eval.json").read_text())
+    assert base["schedule"] == "edm"
+    # identical seeds and budget: both runs start from the same weights and see the same batches
+    a = torch.load(out / "infonoise" / "checkpoints" / "step0000010.ckpt", weights_only=False)
+    b = torch.load(out / "edm" / "checkpoints" / "step0000010.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 10
+
+
+# ---- bad input: one line, exit 2, nothing overwritten ---------------------------------------------
+
+
+def one_line_error(capsys, code):
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("multidiff: error:"), err
+    return err[0]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    recipe = str(REPO / "recipes" / "binary_digits.yaml")
+    out = str(tmp_path / "x")
+    msg = one_line_error(capsys, main(["train", recipe, "--schedule", "lognormal", "--out", out]))
+    assert "unknown schedule 'lognormal'" in msg
+    msg = one_line_error(capsys, main(["train", recipe, "--set", "train.lrr=1", "--out", out]))
+    assert "train.lrr" in msg
+    msg = one_line_error(capsys, main(["train", recipe, "--set", "schedule.warmpu=1", "--out", out]))
+    assert "warmpu" in msg
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ndomain: binary_image\ntrain: [1, 2\n")
+    msg = one_line_error(capsys, main(["train", str(bad), "--out", out]))
+    assert str(bad) in msg and "YAML" in msg
+    bad.write_text("name: x\ndomain: binary_imag\n")
+    assert "unknown domain" in one_line_error(capsys, main(["train", str(bad), "--out", out]))
+    msg = one_line_error(capsys, main(["train", recipe, "--set", "data.source=fashion_mnist", "--set", f"data.path={tmp_path}", "--out", out]))
+    assert "Fashion-MNIST not found" in msg
+    msg = one_line_error(capsys, main(["train", recipe, "--set", f"data.path={tmp_path}/none.npy", "--out", out]))
+    assert "none.npy not found" in msg
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"format": "multidiff.schedule", "version": 1}')
+    msg = one_line_error(capsys, main(["train", recipe, "--schedule", str(corrupt), "--out", out]))
+    assert str(corrupt) in msg and "missing field" in msg
+    assert not (tmp_path / "x").exists()  # nothing was created by any of these
+    assert one_line_error(capsys, main(["sample", str(tmp_path)])).endswith("(no recipe.yaml)")
+    with pytest.raises(SystemExit) as exc:  # argparse errors are one line and status 2 too
+        main(["train"])
+    assert exc.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_existing_run_is_not_overwritten(run, capsys):
+    before = (run / "eval.json").read_bytes(), (run / "checkpoints" / "last.ckpt").stat().st_mtime
+    msg = one_line_error(capsys, main(tiny_train_args(run, steps=5)))
+    assert "already exists" in msg and "--resume" in msg
+    assert ((run / "eval.json").read_bytes(), (run / "checkpoints" / "last.ckpt").stat().st_mtime) == before
+
+
+def test_nan_loss_stops_with_one_line_and_keeps_earlier_checkpoints(tmp_path, capsys):
+    out = tmp_path / "nan"
+    args = tiny_train_args(out, steps=40, extra=("train.grad_clip=null", "train.lr_warmup=1", "train.checkpoint_every=2"))
+    assert main(args[:] + ["--set", "train.lr=1e30"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "non-finite" in err[0]
+    for ckpt in (out / "checkpoints").glob("*.ckpt") if (out / "checkpoints").exists() else []:
+        state = torch.load(ckpt, weights_only=False)["state_dict"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_console_script_reports_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "multidiff", "train", str(REPO / "recipes" / "binary_digits.yaml"), "--schedule", "nope", "--out", str(tmp_path / "y")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("multidiff: error: unknown schedule")

@@ -1,0 +1,124 @@
+"""Samplers, σ grids and the likelihood bound against toy distributions with exact denoisers."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from multidiff.diffusion import sampling
+from multidiff.diffusion.likelihood import fixed_noise, nelbo_nats, quadrature
+from multidiff.diffusion.loss import mse_loss
+from multidiff.diffusion.model import binary_recon_nll, gaussian_recon_nll
+from multidiff.diffusion.precond import EDMPrecond, edm_coefficients
+from multidiff.diffusion.weighting import edm_weight
+
+
+def gaussian_denoiser(s):
+    """Exact E[x | x + σε] for x ~ N(0, s²)."""
+    return lambda x, sigma: x * (s**2 / (s**2 + sigma.reshape(-1, *[1] * (x.ndim - 1)) ** 2))
+
+
+def two_point_denoiser(x, sigma):
+    """Exact E[x | x + σε] for x uniform on {−1, +1}."""
+    return torch.tanh(x / sigma.reshape(-1, *[1] * (x.ndim - 1)) ** 2)
+
+
+@pytest.mark.parametrize("sampler", ["heun", "euler"])
+def test_sampler_reproduces_a_gaussian(sampler):
+    s, n = 0.7, 20000
+    sigmas = sampling.karras(64 if sampler == "heun" else 256, 0.002, 80.0)
+    g = torch.Generator().manual_seed(0)
+    x = sampling.SAMPLERS[sampler](gaussian_denoiser(s), sigmas[0] * torch.randn(n, 1, generator=g), sigmas)
+    assert float(x.std()) == pytest.approx(s, rel=0.02)
+    assert stats.kstest(x.flatten().numpy() / s, "norm").pvalue > 1e-3
+
+
+def test_heun_reproduces_two_points_and_churn_keeps_it():
+    g = torch.Generator().manual_seed(1)
+    sigmas = sampling.karras(48, 0.002, 80.0)
+    for churn in (0.0, 20.0):
+        x = sampling.heun(two_point_denoiser, 80.0 * torch.randn(8000, 1, generator=g), sigmas, churn=churn, generator=g)
+        assert float((x.abs() - 1).abs().max()) < 0.01  # every sample lands on a point
+        assert float((x > 0).float().mean()) == pytest.approx(0.5, abs=0.02)  # in equal proportions
+
+
+def test_sampling_is_deterministic_given_a_seed():
+    sig = sampling.karras(8, 0.002, 80.0)
+    run = lambda seed: sampling.heun(two_point_denoiser, 80 * torch.randn(4, 3, generator=torch.Generator().manual_seed(seed)),  # noqa: E731
+                                     sig, churn=5.0, generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    assert torch.equal(run(3), run(3)) and not torch.equal(run(3), run(4))
+
+
+def test_grids():
+    k = sampling.karras(10, 0.002, 80.0, rho=7)
+    assert k[0] == pytest.approx(80.0) and k[-2] == pytest.approx(0.002, rel=1e-5) and k[-1] == 0
+    assert bool((k.diff() < 0).all())
+    lu = sampling.loguniform(10, 0.002, 80.0)
+    # equal quantiles of a density uniform in ln σ are exactly the log-uniform grid
+    u = np.linspace(math.log(0.002), math.log(80), 50)
+    assert torch.allclose(sampling.from_density(u, np.ones_like(u), 10), lu, rtol=1e-4)
+
+
+def test_infogrid_places_sigmas_at_equal_information():
+    from multidiff.schedules.base import ScheduleTable
+
+    u = np.linspace(math.log(0.002), math.log(80), 98)
+    pu = u[1:-1]
+    rate = np.exp(-((pu - 0.0) ** 2))  # information concentrated around σ = 1
+    table = ScheduleTable("infonoise", 0.002, 80.0, u.tolist(), [1.0] * 98, np.linspace(0, 1, 98).tolist(),
+                          profile={"u": pu.tolist(), "rate": rate.tolist()}, gate={"c": 1e-6, "n": 3.0})  # fmt: skip
+    sig = sampling.from_schedule(table, 9)[:-1].double()
+    info = stats.norm(0, math.sqrt(0.5))  # ∝ exp(−u²) is N(0, ½) in u
+    q = info.cdf(sig.log().numpy())
+    inner = q[1:-1]
+    assert np.allclose(inner, np.linspace(1, 0, 9)[1:-1], atol=0.01)
+
+
+def test_precond_and_loss():
+    net = torch.nn.Identity()
+    zero = lambda x, c: torch.zeros_like(x)  # noqa: E731
+    d = EDMPrecond(type("F", (torch.nn.Module,), {"forward": lambda self, x, c: zero(x, c)})(), 0.5)
+    x, sigma = torch.randn(3, 2, 4), torch.tensor([0.1, 1.0, 10.0])
+    c_skip, c_out, c_in, _ = edm_coefficients(sigma, 0.5)
+    assert torch.allclose(d(x, sigma), c_skip[:, None, None] * x)
+    # c_in makes the network input unit-variance for data of RMS σ_data
+    assert torch.allclose(c_in**2 * (sigma**2 + 0.25), torch.ones(3))
+    noise = torch.randn_like(x)
+    out = mse_loss(d, x, sigma, noise, lambda s: edm_weight(s, 0.5))
+    expected = (c_skip[:, None, None] * (x + sigma[:, None, None] * noise) - x).square().mean((1, 2))
+    assert torch.allclose(out.error, expected) and torch.allclose(out.loss, edm_weight(sigma, 0.5) * expected)
+    assert not out.error.requires_grad
+    del net
+
+
+def test_nelbo_of_exact_gaussian_denoiser_is_the_entropy():
+    """For x ~ N(0, s²) and the exact denoiser, E[bound] has a closed form ≈ the entropy ½ln(2πe s²)."""
+    s, lo, hi, dims, n = 0.8, 0.01, 50.0, 16, 4096
+    x = s * torch.randn(n, dims, generator=torch.Generator().manual_seed(0))
+    noise = fixed_noise(torch.arange(n), (dims,), 65, seed=1)
+    parts = nelbo_nats(gaussian_denoiser(s), x, noise, sigma_min=lo, sigma_max=hi, recon_nll=gaussian_recon_nll)
+    exact = (0.5 * math.log((s**2 + lo**2) / lo**2) + 0.5 * math.log(hi**2 / (s**2 + hi**2))  # diffusion term
+             + s**2 / (2 * hi**2) + 0.5 * math.log(2 * math.pi * math.e * lo**2))  # prior + reconstruction  # fmt: skip
+    assert float(parts["total"].mean()) / dims == pytest.approx(exact, abs=0.01)
+    assert exact == pytest.approx(0.5 * math.log(2 * math.pi * math.e * s**2), abs=0.01)
+
+
+def test_nelbo_of_exact_binary_denoiser_is_one_bit_per_pixel():
+    lo, hi, dims, n = 0.2, 80.0, 64, 256
+    x = torch.where(torch.rand(n, dims, generator=torch.Generator().manual_seed(0)) > 0.5, 1.0, -1.0)
+    noise = fixed_noise(torch.arange(n), (dims,), 65, seed=2)
+    parts = nelbo_nats(two_point_denoiser, x, noise, sigma_min=lo, sigma_max=hi, recon_nll=binary_recon_nll)
+    bits = float(parts["total"].mean()) / (dims * math.log(2))
+    assert bits == pytest.approx(1.0, abs=0.02)
+    # and a denoiser that ignores its input (predicts the mean 0) is much worse
+    worse = nelbo_nats(lambda z, sg: torch.zeros_like(z), x, noise, sigma_min=lo, sigma_max=hi, recon_nll=binary_recon_nll)
+    assert float(worse["total"].mean()) / (dims * math.log(2)) > 3
+
+
+def test_fixed_noise_depends_only_on_example_id():
+    a = fixed_noise(torch.tensor([3, 4]), (2,), 5, seed=9)
+    b = fixed_noise(torch.tensor([4]), (2,), 5, seed=9)
+    assert torch.equal(a[1], b[0])
+    us, du = quadrature(0.002, 80.0, 10)
+    assert float(us[0]) == pytest.approx(math.log(0.002) + du / 2)
