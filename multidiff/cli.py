@@ -160,7 +160,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     primary = not _is_launched_worker()
     if primary:
         _check_run_dir(out, args.resume, args.overwrite)
-    setups = [build(r) for _, r, _ in plans]  # validates data, schedule and model before anything is written
+    # validates data, schedule and model before anything is written; a resumed run reuses its artifacts
+    setups = [build(r, d if args.resume and (d / "recipe.yaml").is_file() else None) for _, r, d in plans]
     for (lbl, _, run_dir), setup in zip(plans, setups):
         if primary and args.resume and (run_dir / "recipe.yaml").is_file():
             stored = parse_yaml((run_dir / "recipe.yaml").read_text())
@@ -186,6 +187,7 @@ def _train_one(setup: Any, run_dir: Path, resume: bool, primary: bool = True) ->
     if primary:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_recipe(run_dir, setup.recipe)
+        setup.domain.save_artifacts(setup.data, run_dir)
     module, trainer = fit(setup, run_dir, resume=resume)
     if not trainer.is_global_zero:
         return

@@ -68,9 +68,17 @@ class Domain:
         return {"data": dict(self.data_cfg), "model": dict(self.model_cfg)}
 
     # ---- hooks -----------------------------------------------------------------------------------
-    def load(self) -> DomainData:
-        """Prepare train/val data (offline sources by default); UserError if the data is missing."""
+    def load(self, run_dir: Optional[Path] = None) -> DomainData:
+        """Prepare train/val data (offline sources by default); UserError if the data is missing.
+
+        Anything fitted on the training split (a tokenizer, normalization statistics) is read back
+        from ``run_dir`` when that run saved it (see :meth:`save_artifacts`), so sampling,
+        evaluation and resuming use exactly what training used.
+        """
         raise NotImplementedError
+
+    def save_artifacts(self, data: DomainData, run_dir: Path) -> None:
+        """Write what :meth:`load` fitted (tokenizer, statistics) into a new run directory."""
 
     def build_model(self, data: DomainData, sigma_data: float) -> DiffusionModel:
         raise NotImplementedError

@@ -16,27 +16,10 @@ from torch import Tensor
 from ..data import images
 from ..diffusion.model import ContinuousDiffusion, DiffusionModel
 from ..errors import UserError
-from ..metrics import features as feats
-from ..metrics.frechet import frechet_between
-from ..nets.unet import UNet
+from ..metrics.features import classifier_metrics
+from ..nets.unet import UNET_DEFAULTS, unet_from_config
 from .base import Domain, DomainData
 from .grids import save_grid_png
-
-UNET_DEFAULTS = {"channels": 32, "channel_mult": [1, 2], "num_blocks": 1, "attention": [], "dropout": 0.0}
-
-
-def build_unet(cfg: dict[str, Any], in_channels: int) -> UNet:
-    try:
-        return UNet(
-            in_channels=in_channels,
-            channels=int(cfg["channels"]),
-            channel_mult=[int(m) for m in cfg["channel_mult"]],
-            num_blocks=int(cfg["num_blocks"]),
-            attention=[int(a) for a in cfg["attention"]],
-            dropout=float(cfg["dropout"]),
-        )
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"model: invalid UNet settings {cfg} ({exc})") from None
 
 
 class BinaryImageDomain(Domain):
@@ -67,7 +50,7 @@ class BinaryImageDomain(Domain):
             raise UserError("data.source=array needs data.path=FILE.npy or FILE.npz")
         return source
 
-    def load(self) -> DomainData:
+    def load(self, run_dir: Path | None = None) -> DomainData:
         cfg, source = self.data_cfg, self._source()
         if source == "digits":
             raw, dataset = images.load_digits(), "digits"
@@ -109,7 +92,7 @@ class BinaryImageDomain(Domain):
         return torch.where(x > float(self.data_cfg["threshold"]), 1.0, -1.0)
 
     def build_model(self, data: DomainData, sigma_data: float) -> DiffusionModel:
-        backbone = build_unet(self.model_cfg, in_channels=data.train.shape[1])
+        backbone = unet_from_config(self.model_cfg, in_channels=data.train.shape[1])
         return ContinuousDiffusion(backbone, sigma_data, recon="binary", sign_decode=True)
 
     def write_samples(self, decoded: Tensor, out_dir: Path, tag: str) -> list[Path]:
@@ -120,12 +103,4 @@ class BinaryImageDomain(Domain):
         return [png, npy]
 
     def sample_metrics(self, decoded: Tensor, data: DomainData) -> dict[str, Any]:
-        net, info = feats.feature_classifier(
-            f"binary_image-{data.fingerprint}", data.train, data.train_labels, data.num_classes, data.val, data.val_labels
-        )
-        fd = frechet_between(feats.features(net, decoded), feats.features(net, data.val))
-        counts = np.bincount(feats.predictions(net, decoded), minlength=info["num_classes"])
-        out = {"fd": fd, "fd_reference": f"validation split ({data.val.shape[0]} images)", "fd_samples": int(decoded.shape[0])}
-        out["classifier"] = info
-        out["sample_class_histogram"] = counts.tolist()
-        return out
+        return classifier_metrics(f"binary_image-{data.fingerprint}", decoded, data)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -95,3 +95,23 @@ def features(net: GridClassifier, x: Tensor) -> np.ndarray:
 @torch.no_grad()
 def predictions(net: GridClassifier, x: Tensor) -> np.ndarray:
     return torch.cat([net(x[i : i + 512].float()).argmax(1) for i in range(0, x.shape[0], 512)]).numpy()
+
+
+def classifier_metrics(key: str, samples: Tensor, data: Any, reference: Optional[Tensor] = None) -> dict:
+    """Fréchet distance of ``samples`` against held-out grids, and the classifier's label histogram.
+
+    ``data`` is a DomainData whose train/val (or ``reference``) are grids [N, C, H, W] in the same
+    space as ``samples``; the classifier is trained on data.train once per ``key`` and cached.
+    """
+    from .frechet import frechet_between
+
+    reference = data.val if reference is None else reference
+    net, info = feature_classifier(key, data.train, data.train_labels, data.num_classes, data.val, data.val_labels)
+    counts = np.bincount(predictions(net, samples), minlength=info["num_classes"])
+    return {
+        "fd": frechet_between(features(net, samples), features(net, reference)),
+        "fd_reference": f"validation split ({reference.shape[0]} examples)",
+        "fd_samples": int(samples.shape[0]),
+        "classifier": info,
+        "sample_class_histogram": counts.tolist(),
+    }

@@ -6,7 +6,7 @@ Sizes come from the recipe (``channels``, ``channel_mult``, ``num_blocks``, ``at
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -129,3 +129,23 @@ class UNet(nn.Module):
         for sub in layer:
             h = sub(h, emb) if isinstance(sub, ResBlock) else sub(h)
         return h
+
+
+UNET_DEFAULTS: dict[str, Any] = {"channels": 32, "channel_mult": [1, 2], "num_blocks": 1, "attention": [], "dropout": 0.0}
+
+
+def unet_from_config(cfg: dict[str, Any], in_channels: int) -> UNet:
+    """A UNet from a recipe's ``model`` section (keys of UNET_DEFAULTS); UserError on bad values."""
+    from ..errors import UserError
+
+    try:
+        return UNet(
+            in_channels=in_channels,
+            channels=int(cfg["channels"]),
+            channel_mult=[int(m) for m in cfg["channel_mult"]],
+            num_blocks=int(cfg["num_blocks"]),
+            attention=[int(a) for a in cfg["attention"]],
+            dropout=float(cfg["dropout"]),
+        )
+    except (TypeError, ValueError, KeyError) as exc:
+        raise UserError(f"model: invalid UNet settings {cfg} ({exc})") from None

@@ -71,9 +71,12 @@ def schedule_label(recipe: dict[str, Any]) -> str:
 
 
 def build(recipe: dict[str, Any], run_dir: Optional[Path] = None) -> Setup:
-    """Load data, measure σ_data, build schedule and model; ``Setup.recipe`` is the fully resolved recipe."""
+    """Load data, measure σ_data, build schedule and model; ``Setup.recipe`` is the fully resolved recipe.
+
+    ``run_dir``: an existing run whose saved artifacts (tokenizer, statistics) the domain reuses.
+    """
     domain = get_domain(recipe["domain"])(recipe, cache_root())
-    data = domain.load()
+    data = domain.load(run_dir)
     diff = recipe["diffusion"]
     sigma_data = float(diff["sigma_data"] or domain.measure_sigma_data(data))
     weight = get_weighting(diff["weighting"], sigma_data)
