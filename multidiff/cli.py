@@ -137,7 +137,7 @@ def _resume_differences(stored: dict[str, Any], new: dict[str, Any]) -> list[str
 def cmd_train(args: argparse.Namespace) -> int:
     from .recipe import load_recipe_file, parse_yaml, resolve, select_schedule
     from .report.compare import write_comparison
-    from .train.run import build, schedule_label
+    from .train.run import build, check_device_settings, schedule_label
 
     raw = load_recipe_file(args.recipe)
     if args.schedule:
@@ -160,6 +160,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     primary = not _is_launched_worker()
     if primary:
         _check_run_dir(out, args.resume, args.overwrite)
+        check_device_settings(recipe)
     # validates data, schedule and model before anything is written; a resumed run reuses its artifacts
     setups = [build(r, d if args.resume and (d / "recipe.yaml").is_file() else None) for _, r, d in plans]
     for (lbl, _, run_dir), setup in zip(plans, setups):

@@ -114,6 +114,10 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     assert "Fashion-MNIST not found" in msg
     msg = one_line_error(capsys, main(["train", recipe, "--set", f"data.path={tmp_path}/none.npy", "--out", out]))
     assert "none.npy not found" in msg
+    msg = one_line_error(capsys, main(["train", recipe, "--precision", "bf17", "--out", out]))
+    assert "precision=bf17" in msg
+    if not torch.cuda.is_available():
+        assert "accelerator=gpu" in one_line_error(capsys, main(["train", recipe, "--accelerator", "gpu", "--out", out]))
     corrupt = tmp_path / "corrupt.json"
     corrupt.write_text('{"format": "multidiff.schedule", "version": 1}')
     msg = one_line_error(capsys, main(["train", recipe, "--schedule", str(corrupt), "--out", out]))

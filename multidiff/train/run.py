@@ -113,6 +113,23 @@ def make_module(setup: Setup):
     )  # fmt: skip
 
 
+def _device_settings(train: dict[str, Any]) -> dict[str, Any]:
+    return {"accelerator": str(train["accelerator"]), "devices": train["devices"], "precision": train["precision"]}
+
+
+def check_device_settings(recipe: dict[str, Any]) -> None:
+    """Refuse an unusable accelerator/devices/precision before a run directory is made."""
+    import lightning as L
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    settings = _device_settings(recipe["train"])
+    try:
+        L.Trainer(**settings, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
+        described = ", ".join(f"{k}={v}" for k, v in settings.items())
+        raise UserError(f"cannot train with {described}: {str(exc).splitlines()[0]}") from None
+
+
 def fit(setup: Setup, run_dir: Path, resume: bool = False) -> Any:
     """Train with Lightning into run_dir; returns the module (EMA weights loaded after training)."""
     import lightning as L
@@ -133,9 +150,7 @@ def fit(setup: Setup, run_dir: Path, resume: bool = False) -> Any:
         _prepare_metrics_for_resume(run_dir / "metrics.csv", _checkpoint_step(ckpt_path), logger)
     trainer = L.Trainer(
         max_steps=int(t["max_steps"]),
-        accelerator=str(t["accelerator"]),
-        devices=t["devices"],
-        precision=t["precision"],
+        **_device_settings(t),
         logger=logger,
         callbacks=[
             EMA(float(t["ema_decay"])),
