@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import warnings
@@ -123,11 +124,16 @@ def check_device_settings(recipe: dict[str, Any]) -> None:
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     settings = _device_settings(recipe["train"])
+    quiet = logging.getLogger("lightning.pytorch")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # the real Trainer reports the devices; this probe stays silent
     try:
         L.Trainer(**settings, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     except (MisconfigurationException, ValueError, TypeError, ImportError) as exc:
         described = ", ".join(f"{k}={v}" for k, v in settings.items())
         raise UserError(f"cannot train with {described}: {str(exc).splitlines()[0]}") from None
+    finally:
+        quiet.setLevel(level)
 
 
 def fit(setup: Setup, run_dir: Path, resume: bool = False) -> Any:
