@@ -3,10 +3,12 @@ end to end on the tiny recipe (8×8 digits → 2×4×4 latents)."""
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import REPO
 from multidiff.cli import main
@@ -17,6 +19,7 @@ from multidiff.data.latents import NORM_FILE, LatentNorm
 from multidiff.domains.latent_image import LatentImageDomain
 from multidiff.errors import UserError
 from multidiff.nets.autoencoder import AUTOENCODER_DEFAULTS, ConvAutoencoder, psnr
+from multidiff.nets.pretrained_vae import DiffusersVAE
 from multidiff.recipe import load_recipe_file, resolve
 
 TINY_RECIPE = REPO / "recipes" / "latent_digits_tiny.yaml"
@@ -109,6 +112,45 @@ def test_autoencoder_cache_is_reused_and_rebuilt_when_data_or_config_change(own_
     from_run = obtain_autoencoder(SMALL_AE, imgs, run_dir=run_dir, log=lambda m: None)
     assert len(calls) == 6 and from_run.info["source"] == "run directory"  # the run's own copy, no retraining
     assert torch.equal(weights(from_run), weights(first))
+
+
+class FakeDiffusersVAE(torch.nn.Module):
+    """The slice of diffusers' AutoencoderKL API the wrapper uses: RGB in [−1, 1], 2× average pooling."""
+
+    config = SimpleNamespace(in_channels=3, scaling_factor=0.5)
+
+    def encode(self, x):
+        assert x.shape[1] == 3 and float(x.min()) >= -1 and float(x.max()) <= 1
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=F.avg_pool2d(x, 2)))
+
+    def decode(self, z):
+        return SimpleNamespace(sample=F.interpolate(z, scale_factor=2.0, mode="nearest"))
+
+
+def test_pretrained_wrapper_maps_grayscale_0_1_images_to_an_rgb_vae_and_back():
+    vae = DiffusersVAE(FakeDiffusersVAE(), image_channels=1)
+    images = torch.full((3, 1, 8, 8), 0.25)
+    images[:, :, :4] = 1.0  # top half white
+    z = vae.encode(images)
+    assert z.shape == (3, 3, 4, 4) and torch.allclose(z[:, :, 0], torch.ones(3, 3, 4)) and torch.allclose(z[:, :, -1], torch.full((3, 3, 4), -0.5))
+    assert torch.allclose(vae.decode(z), images)  # back to one channel in [0, 1]
+
+
+def test_a_diffusers_vae_folder_is_used_as_the_autoencoder(tmp_path):
+    diffusers = pytest.importorskip("diffusers")
+    torch.manual_seed(0)
+    tiny = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(8, 16), layers_per_block=1, latent_channels=4, norm_num_groups=4, sample_size=8,
+    )  # fmt: skip
+    tiny.save_pretrained(tmp_path / "vae")
+    cfg = {**AUTOENCODER_DEFAULTS, "pretrained": str(tmp_path / "vae")}
+    ae = obtain_autoencoder(cfg, digit_images(20))
+    assert ae.info["kind"] == "pretrained" and ae.info["published_scaling_factor"] == pytest.approx(0.18215)
+    z = ae.encode(digit_images(20))
+    assert z.shape == (20, 4, 4, 4) and ae.decode(z).shape == (20, 1, 8, 8)
+    tiny.save_pretrained(tmp_path / "vae")  # rewritten weights: the encoded latents must not be reused
+    assert obtain_autoencoder(cfg, digit_images(20)).key != ae.key
 
 
 # ---- latent normalization --------------------------------------------------------------------------

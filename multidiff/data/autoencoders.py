@@ -68,6 +68,19 @@ def autoencoder_key(cfg: dict[str, Any], train_images: Tensor) -> str:
     return hashlib.sha1(f"{text}|{tensor_fingerprint(train_images)}".encode()).hexdigest()[:16]
 
 
+def pretrained_key(name: str, subfolder: Optional[str]) -> str:
+    """A pretrained VAE's cache key: its name, and for a local folder the size and time of every file
+    in it, so replacing the weights there re-encodes the latents."""
+    h = hashlib.sha1(f"{name}|{subfolder}".encode())
+    folder = Path(name) / (subfolder or "")
+    if folder.is_dir():
+        for f in sorted(folder.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                h.update(f"{f.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return "pretrained-" + h.hexdigest()[:12]
+
+
 def check_config(cfg: dict[str, Any]) -> None:
     """UserError naming the field for settings the autoencoder cannot be built or trained with."""
     if cfg["pretrained"] is not None and not isinstance(cfg["pretrained"], str):
@@ -119,7 +132,7 @@ def obtain_autoencoder(
         from ..nets.pretrained_vae import load_diffusers_vae
 
         net, info = load_diffusers_vae(cfg["pretrained"], cfg["subfolder"], int(train_images.shape[1]))
-        key = "pretrained-" + hashlib.sha1(f"{cfg['pretrained']}|{cfg['subfolder']}".encode()).hexdigest()[:12]
+        key = pretrained_key(cfg["pretrained"], cfg["subfolder"])
         return Autoencoder(net, key, {**info, "source": "pretrained"})
     if run_dir is not None and (Path(run_dir) / RUN_WEIGHTS).is_file():
         path = Path(run_dir) / RUN_WEIGHTS

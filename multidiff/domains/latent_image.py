@@ -148,7 +148,7 @@ class LatentImageDomain(Domain):
         self.reconstruction_grid(data, run_dir / "plots" / "autoencoder.png")
 
     def reconstruction_grid(self, data: DomainData, path: Path, n: int = 32, cols: int = 8) -> Path:
-        """PNG of held-out images (odd rows) above their reconstructions (even rows): what the decoder can do."""
+        """PNG whose rows alternate held-out images and their reconstructions: what the decoder can do."""
         n = min(n, data.val.shape[0])
         cols = min(cols, n)
         n -= n % cols  # whole rows only

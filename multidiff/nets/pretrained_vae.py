@@ -39,9 +39,10 @@ def load_diffusers_vae(name: str, subfolder: Optional[str], image_channels: int)
     """Load ``name`` (a folder or hub id); UserError (one line) when diffusers or the VAE is missing."""
     try:
         from diffusers import AutoencoderKL
-    except ImportError:
+    except ImportError as exc:  # not installed, or installed without its own dependencies
+        why = "is not installed" if getattr(exc, "name", None) == "diffusers" else f"cannot be imported ({exc})".replace("\n", " ")
         raise UserError(
-            "data.autoencoder.pretrained needs the 'diffusers' package, which is not installed; "
+            f"data.autoencoder.pretrained needs the 'diffusers' package, which {why}; "
             "run pip install 'multidiff[latent]' (or pip install diffusers), or set data.autoencoder.pretrained=null "
             "to train the toolkit's own autoencoder"
         ) from None
