@@ -112,3 +112,63 @@ def load_hub(name: str) -> ImageSet:
     tr, trl = convert(ds["train"])
     te, tel = convert(ds["test"]) if "test" in ds else (None, None)
     return ImageSet(train=tr, train_labels=trl, val=te, val_labels=tel, num_classes=int(trl.max()) + 1 if trl is not None else 0)
+
+
+IMAGE_SOURCES = ("digits", "fashion_mnist", "array", "hub")
+
+
+@dataclass
+class ImageSplit:
+    """A dataset's fixed train/validation split, grayscale [N, H, W] in [0, 1]."""
+
+    train: np.ndarray
+    train_labels: Optional[np.ndarray]
+    val: np.ndarray
+    val_labels: Optional[np.ndarray]
+    dataset: str
+    num_classes: int
+
+
+def source_name(cfg: dict) -> str:
+    """The image source a ``data`` section asks for (a path ending in .npy/.npz implies ``array``)."""
+    path = cfg.get("path")
+    if isinstance(path, str) and path.endswith((".npy", ".npz")):
+        return "array"
+    source = cfg.get("source")
+    if source not in IMAGE_SOURCES:
+        raise UserError(f"data.source: unknown source {source!r}; choose digits, fashion_mnist, array or hub")
+    if source == "array" and not path:
+        raise UserError("data.source=array needs data.path=FILE.npy or FILE.npz")
+    return source
+
+
+def load_image_split(cfg: dict) -> ImageSplit:
+    """Load the source named by a ``data`` section (keys source, path, val_fraction, split_seed, limit).
+
+    Sources without their own test split are split with ``split_seed``, independent of the training
+    seed, so every run of a dataset sees the same held-out images; ``limit`` caps the training split.
+    """
+    source = source_name(cfg)
+    if source == "digits":
+        raw, dataset = load_digits(), "digits"
+    elif source == "fashion_mnist":
+        raw, dataset = load_fashion_mnist(cfg.get("path")), "fashion_mnist"
+    elif source == "array":
+        raw, dataset = load_array(cfg["path"]), Path(cfg["path"]).name
+    else:
+        name = cfg.get("path") or "mnist"
+        raw, dataset = load_hub(name), name
+    train, train_y, val, val_y = raw.train, raw.train_labels, raw.val, raw.val_labels
+    if val is None:
+        frac = float(cfg["val_fraction"])
+        if not 0 < frac < 1:
+            raise UserError(f"data.val_fraction must be in (0, 1), got {frac}")
+        perm = np.random.default_rng(int(cfg["split_seed"])).permutation(train.shape[0])
+        n_val = max(1, int(round(frac * train.shape[0])))
+        val_idx, tr_idx = perm[:n_val], perm[n_val:]
+        val, val_y = train[val_idx], (train_y[val_idx] if train_y is not None else None)
+        train, train_y = train[tr_idx], (train_y[tr_idx] if train_y is not None else None)
+    if cfg.get("limit"):
+        n = int(cfg["limit"])
+        train, train_y = train[:n], (train_y[:n] if train_y is not None else None)
+    return ImageSplit(train, train_y, val, val_y, dataset, raw.num_classes)

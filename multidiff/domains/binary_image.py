@@ -15,7 +15,6 @@ from torch import Tensor
 
 from ..data import images
 from ..diffusion.model import ContinuousDiffusion, DiffusionModel
-from ..errors import UserError
 from ..metrics.features import classifier_metrics
 from ..nets.unet import UNET_DEFAULTS, unet_from_config
 from .base import Domain, DomainData
@@ -39,48 +38,17 @@ class BinaryImageDomain(Domain):
     }
     model_defaults = dict(UNET_DEFAULTS)
 
-    def _source(self) -> str:
-        path = self.data_cfg["path"]
-        if isinstance(path, str) and path.endswith((".npy", ".npz")):
-            return "array"
-        source = self.data_cfg["source"]
-        if source not in ("digits", "fashion_mnist", "array", "hub"):
-            raise UserError(f"data.source: unknown source {source!r}; choose digits, fashion_mnist, array or hub")
-        if source == "array" and not path:
-            raise UserError("data.source=array needs data.path=FILE.npy or FILE.npz")
-        return source
-
     def load(self, run_dir: Path | None = None) -> DomainData:
-        cfg, source = self.data_cfg, self._source()
-        if source == "digits":
-            raw, dataset = images.load_digits(), "digits"
-        elif source == "fashion_mnist":
-            raw, dataset = images.load_fashion_mnist(cfg["path"]), "fashion_mnist"
-        elif source == "array":
-            raw, dataset = images.load_array(cfg["path"]), Path(cfg["path"]).name
-        else:
-            name = cfg["path"] or "mnist"
-            raw, dataset = images.load_hub(name), name
-        train, train_y, val, val_y = raw.train, raw.train_labels, raw.val, raw.val_labels
-        if val is None:  # a fixed split, independent of the training seed
-            frac = float(cfg["val_fraction"])
-            if not 0 < frac < 1:
-                raise UserError(f"data.val_fraction must be in (0, 1), got {frac}")
-            perm = np.random.default_rng(int(cfg["split_seed"])).permutation(train.shape[0])
-            n_val = max(1, int(round(frac * train.shape[0])))
-            val_idx, tr_idx = perm[:n_val], perm[n_val:]
-            val, val_y = train[val_idx], (train_y[val_idx] if train_y is not None else None)
-            train, train_y = train[tr_idx], (train_y[tr_idx] if train_y is not None else None)
-        if cfg["limit"]:
-            train, train_y = train[: int(cfg["limit"])], (train_y[: int(cfg["limit"])] if train_y is not None else None)
+        split = images.load_image_split(self.data_cfg)
+        size = self.data_cfg["size"]
         to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)) if a is not None else None  # noqa: E731
         return DomainData(
-            train=self._binarize(to_t(train)),
-            val=self._binarize(to_t(val)),
-            dataset=dataset if not cfg["size"] else f"{dataset}@{cfg['size']}",
-            train_labels=to_t(train_y),
-            val_labels=to_t(val_y),
-            num_classes=raw.num_classes,
+            train=self._binarize(to_t(split.train)),
+            val=self._binarize(to_t(split.val)),
+            dataset=split.dataset if not size else f"{split.dataset}@{size}",
+            train_labels=to_t(split.train_labels),
+            val_labels=to_t(split.val_labels),
+            num_classes=split.num_classes,
         )
 
     def _binarize(self, x: Tensor) -> Tensor:

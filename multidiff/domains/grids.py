@@ -9,11 +9,14 @@ from PIL import Image
 from torch import Tensor
 
 
-def save_grid_png(images: Tensor, path: Path, min_tile: int = 48, pad: int = 4) -> Path:
-    """[N, C, H, W] values in [0, 1] (C = 1 or 3) → one PNG grid, tiles upscaled to at least min_tile px."""
+def save_grid_png(images: Tensor, path: Path, min_tile: int = 48, pad: int = 4, columns: int | None = None) -> Path:
+    """[N, C, H, W] values in [0, 1] (C = 1 or 3) → one PNG grid, tiles upscaled to at least min_tile px.
+
+    ``columns``: tiles per row (default: a square-ish grid).
+    """
     x = images.detach().float().clamp(0, 1).cpu().numpy()
     n, c, h, w = x.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = columns or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     scale = max(1, math.ceil(min_tile / max(h, w)))
     th, tw = h * scale + pad, w * scale + pad

@@ -120,6 +120,7 @@ def write_comparison(runs: dict[str, Path], baseline: str, out_dir: Path, title:
         peak = _fmt(density_peak(tables[label]), 3) if label in tables else "–"
         lines.append(f"| {label} | {steps[-1] if steps else '–'} | {_fmt(values[-1] if values else None)} | "
                      f"{_fmt(evals[label].get('fd'))} | {peak} | {reach} | {ratio} |")  # fmt: skip
+    lines += autoencoder_lines(evals)
     all_steps = sorted(set().union(*[set(c[0]) for c in curves.values()]))
     lines += ["", "NELBO at equal steps:", "", "| step | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     for s in all_steps:
@@ -131,6 +132,23 @@ def write_comparison(runs: dict[str, Path], baseline: str, out_dir: Path, title:
     md = out_dir / f"{stem}.md"
     md.write_text("\n".join(lines))
     return md
+
+
+def autoencoder_lines(evals: dict[str, dict[str, Any]]) -> list[str]:
+    """For latent domains: each distinct autoencoder's PSNR and the Fréchet distance of its
+    reconstructions (decoded samples pass the same decoder, so it bounds their quality)."""
+    seen: dict[str, list[str]] = {}
+    for label, ev in evals.items():
+        if isinstance(ev.get("autoencoder"), dict):
+            seen.setdefault(str(ev["autoencoder"].get("key")), []).append(label)
+    out = []
+    for key, labels in seen.items():
+        ae = evals[labels[0]]["autoencoder"]
+        shape = "×".join(str(s) for s in ae.get("latent_shape", []))
+        out += ["", f"Autoencoder ({ae.get('kind')}, latents {shape}, used by {', '.join(labels)}): PSNR "
+                f"{_fmt(ae.get('psnr_val'))} dB on held-out images ({_fmt(ae.get('psnr_train'))} dB on training images); "
+                f"Fréchet distance of its reconstructions {_fmt(ae.get('fd_reconstructions'))}, the floor for decoded samples."]  # fmt: skip
+    return out
 
 
 def summary(runs: dict[str, Path], baseline: str) -> dict[str, Any]:
