@@ -8,6 +8,7 @@ from .base import Domain
 
 DOMAINS = {
     "binary_image": ("multidiff.domains.binary_image", "BinaryImageDomain"),
+    "text": ("multidiff.domains.text", "TextDomain"),
 }
 
 
