@@ -161,6 +161,33 @@ def test_missing_sources_are_one_line_errors(tmp_path, monkeypatch):
         text_domain(source="pydoc", tokenizer="words").load()
 
 
+def test_hub_corpora_use_their_own_validation_split(monkeypatch):
+    datasets = pytest.importorskip("datasets")
+    fake = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict({"text": ["abc def " * 200, "ghi " * 100]}),
+        "validation": datasets.Dataset.from_dict({"text": ["zzz abc " * 50]}),
+    })  # fmt: skip
+    seen = []
+    monkeypatch.setattr(datasets, "load_dataset", lambda name, *a, **k: seen.append(name) or fake)
+    dom = text_domain(source="hub", path="someone/corpus", tokenizer="char", seq_len=8, split_blocks=4)
+    data = dom.load()
+    assert seen == ["someone/corpus"] and data.dataset == "someone/corpus/char12/L8"  # a–i, space, newline + unknown
+    # the held-out text is the validation split; the tokenizer never saw its 'z' (decoded as unknown)
+    assert set("".join(dom.texts(data.val))) == set("abc \ufffd") and "z" not in data.tokenizer.chars
+    with pytest.raises(UserError, match="text_field.*'body'"):
+        text_domain(source="hub", path="someone/corpus", text_field="body").load()
+
+
+@pytest.mark.parametrize("recipe", ["text_kjv.yaml", "text_pydoc.yaml", "text8.yaml"])
+def test_text_recipes_resolve(recipe):
+    from conftest import REPO
+    from multidiff.recipe import load_recipe_file, resolve
+
+    r = resolve(load_recipe_file(REPO / "recipes" / recipe), recipe)
+    dom = TextDomain(r, Path("/nonexistent"))  # validates the data and model sections
+    assert r["domain"] == "text" and r["diffusion"]["weighting"] == "uniform" and dom.data_cfg["seq_len"] >= 16
+
+
 # ---- score interpolation ------------------------------------------------------------------------------
 
 

@@ -100,3 +100,13 @@ def test_self_conditioning_feeds_a_first_pass_back_in():
     used = calls[1].abs().flatten(1).sum(1)
     assert used[0] > 0 and used[1] == 0 and used[2] > 0  # the examples with positive noise sign get it
     assert model.embedding.weight.grad is not None
+
+
+def test_resume_reads_the_tokenizer_back(tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    assert main(tiny_text_args(out, steps=5, extra=("train.checkpoint_every=5",))) == 0
+    saved = (out / "tokenizer.json").read_text()
+    monkeypatch.setattr(BPETokenizer, "fit", classmethod(lambda *a, **k: pytest.fail("refitted on resume")))
+    assert main(tiny_text_args(out, steps=10, extra=("train.checkpoint_every=5",)) + ["--resume"]) == 0
+    assert (out / "tokenizer.json").read_text() == saved
+    assert json.loads((out / "eval.json").read_text())["step"] == 10

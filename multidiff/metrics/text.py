@@ -21,12 +21,17 @@ def unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
     return float(max(0.0, -(p * np.log2(p)).sum()))  # max: a single token gives 0, not −0
 
 
+#: the reference model counts at most this many training tokens (text8 has 90 M; counting all of
+#: them would cost minutes and gigabytes for a metric that has long converged)
+MAX_REFERENCE_TOKENS = 20_000_000
+
+
 def text_sample_metrics(samples: np.ndarray, train: np.ndarray, val: np.ndarray, vocab_size: int, order: int) -> dict[str, Any]:
     """``samples``, ``train``, ``val``: token ids [N, L]. Samples are compared with as many held-out
     chunks (fewer if the split is smaller)."""
     samples = np.asarray(samples)
     reference = np.asarray(val)[: samples.shape[0]]
-    lm = KneserNey([np.asarray(train).ravel()], vocab_size, order)
+    lm = KneserNey([np.asarray(train).ravel()[:MAX_REFERENCE_TOKENS]], vocab_size, order)
     h_samples = unigram_entropy(samples, vocab_size)
     h_data = unigram_entropy(reference, vocab_size)
     return {
