@@ -54,6 +54,9 @@ def test_char_tokenizer_round_trips_and_marks_unseen_characters(tmp_path):
     assert ids.tolist()[1] == 0 and tok.decode(ids) == "h\ufffd"  # unseen → the unknown id
     tok.save(tmp_path / "c.json")
     assert load_tokenizer(tmp_path / "c.json").chars == tok.chars
+    # an existing tokenizer file is used as given, not refitted
+    given = text_domain(source="pydoc", tokenizer=str(tmp_path / "c.json"), seq_len=8, max_chars=5000).load()
+    assert given.tokenizer.chars == tok.chars and given.dataset == "pydoc/char13/L8"  # 12 characters + unknown
 
 
 def test_bad_tokenizer_files_name_the_file(tmp_path):
@@ -159,6 +162,8 @@ def test_missing_sources_are_one_line_errors(tmp_path, monkeypatch):
         text_domain(path=str(tmp_path / "short.txt"), tokenizer="char", seq_len=64, split_blocks=2).load()
     with pytest.raises(UserError, match="data.tokenizer"):
         text_domain(source="pydoc", tokenizer="words").load()
+    with pytest.raises(UserError, match="ngram_order=9 is too high"):
+        text_domain(source="pydoc", tokenizer="bpe", vocab_size=512, ngram_order=9, max_chars=20000).load()
 
 
 def test_hub_corpora_use_their_own_validation_split(monkeypatch):

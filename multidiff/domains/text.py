@@ -11,6 +11,7 @@ NLL under a Kneser–Ney n-gram model of the training split and their unigram en
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -95,6 +96,12 @@ class TextDomain(Domain):
             corpus.val = corpus.val[:limit] if corpus.val is not None else None
         return corpus
 
+    def _ngram_order(self, tokenizer: TextTokenizer) -> int:
+        """Order of the reference n-gram model: the recipe's, else 5 for characters and 3 for BPE."""
+        if self.data_cfg["ngram_order"] is None:
+            return 5 if tokenizer.kind == "char" else 3
+        return self._int("ngram_order", 1)
+
     def _int(self, key: str, low: int) -> int:
         value = self.data_cfg[key]
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
@@ -128,6 +135,9 @@ class TextDomain(Domain):
             val_blocks = sources.split_blocks(corpus.val, max(1, n_blocks // 10))
         tokenizer = self._tokenizer(train_blocks, run_dir)
         self.tokenizer = tokenizer
+        order = self._ngram_order(tokenizer)
+        if math.log(max(tokenizer.vocab_size, 2)) * order >= math.log(2**62):  # n-grams are packed in int64 keys
+            raise UserError(f"data.ngram_order={order} is too high for {tokenizer.vocab_size} tokens; lower it")
         train, val = (self._chunks(tokenizer, b, seq_len) for b in (train_blocks, val_blocks))
         for split, chunks in (("training", train), ("held-out", val)):
             if chunks.shape[0] == 0:
@@ -190,7 +200,7 @@ class TextDomain(Domain):
 
     def sample_metrics(self, decoded: Tensor, data: DomainData) -> dict[str, Any]:
         assert isinstance(data, TextData) and data.tokenizer is not None
-        order = self.data_cfg["ngram_order"] or (5 if data.tokenizer.kind == "char" else 3)
-        metrics = text_sample_metrics(decoded.cpu().numpy(), data.train.numpy(), data.val.numpy(), data.tokenizer.vocab_size, int(order))
+        order = self._ngram_order(data.tokenizer)
+        metrics = text_sample_metrics(decoded.cpu().numpy(), data.train.numpy(), data.val.numpy(), data.tokenizer.vocab_size, order)
         metrics["preview"] = self.texts(decoded[:3])
         return metrics
