@@ -200,8 +200,8 @@ def _train_one(setup: Any, run_dir: Path, resume: bool, primary: bool = True) ->
     plot_schedule(table, plots / "schedule.png", title=f"{run_dir.name}: training density")
     steps, values = nelbo_curve(run_dir)
     plot_curves({run_dir.name: (steps, values)}, plots / "nelbo.png", f"validation NELBO ({result['nelbo_unit']})")
-    fd = f" · Fréchet distance {result['fd']:.4g}" if "fd" in result else ""
-    print(f"\nrun {run_dir}: step {result['step']} · NELBO {result['nelbo']:.4f} {result['nelbo_unit']}{fd} "
+    extra = "".join(f" · {label} {value:.4g}" for label, value in result.get("headline", {}).items())
+    print(f"\nrun {run_dir}: step {result['step']} · NELBO {result['nelbo']:.4f} {result['nelbo_unit']}{extra} "
           f"· training density peaks at σ={density_peak(table):.3g}")  # fmt: skip
     print(f"  samples {run_dir / result['samples'][0]} · schedule {run_dir / 'schedule.json'} · plots {plots}/")
 

@@ -21,6 +21,11 @@ from .loss import bcast
 ReconNLL = Callable[[Tensor, Tensor, float], Tensor]
 
 
+def unit_key(unit: str) -> str:
+    """A NELBO unit as a metric-name suffix: 'bits/char' → 'bits_per_char'."""
+    return unit.replace("/", "_per_").replace(" ", "_")
+
+
 def quadrature(sigma_min: float, sigma_max: float, nodes: int) -> tuple[Tensor, float]:
     """Midpoints u_j (ln σ) of `nodes` equal cells over [ln σmin, ln σmax], and the cell width."""
     lo, hi = torch.tensor([sigma_min, sigma_max], dtype=torch.float64).log().tolist()

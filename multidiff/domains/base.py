@@ -49,6 +49,8 @@ class Domain:
     nelbo_sigma_min: float | None = None
     data_defaults: dict[str, Any] = {}
     model_defaults: dict[str, Any] = {}
+    #: eval.json keys worth a headline (printed after training, columns of the comparison) → label
+    headline_metrics: dict[str, str] = {"fd": "Fréchet distance"}
 
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
         self.data_cfg = self._with_defaults("data", recipe.get("data") or {}, self.data_defaults)
@@ -90,6 +92,13 @@ class Domain:
     def nelbo_count(self, data: DomainData) -> int:
         """Units per example that the NELBO is divided by (pixels, tokens, bins, latent dims)."""
         return int(torch.tensor(self.example_shape(data)).prod())
+
+    def nelbo_units(self, data: DomainData, n_examples: int) -> dict[str, float]:
+        """Every unit the NELBO is reported in → units per example, averaged over the validation
+        subset (the first ``n_examples`` of data.val). The entry for ``nelbo_unit`` is the primary
+        curve (``val/nelbo``); others are logged as ``val/nelbo_<unit>`` (e.g. text: bits/char,
+        from the subset's true characters per token)."""
+        return {self.nelbo_unit: float(self.nelbo_count(data))}
 
     def measure_sigma_data(self, data: DomainData) -> float:
         """RMS of the encoded training data (EDM's preconditioning uses the second moment)."""

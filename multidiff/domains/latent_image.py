@@ -181,5 +181,12 @@ class LatentImageDomain(Domain):
         n = min(decoded.shape[0], data.val.shape[0])
         recon = LatentDecoder(data.info["autoencoder"], data.info["norm"])(data.val[:n])
         floor = classifier_metrics(key, recon, image_data)
-        out["autoencoder"] = {**data.info["autoencoder_info"], "fd_reconstructions": floor["fd"], "fd_reconstructions_n": n}
+        ae = {**data.info["autoencoder_info"], "fd_reconstructions": floor["fd"], "fd_reconstructions_n": n}
+        out["autoencoder"] = ae
+        shape = "×".join(str(s) for s in ae["latent_shape"])
+        out["notes"] = [
+            f"Autoencoder ({ae['kind']}, latents {shape}): PSNR {ae['psnr_val']:.2f} dB on held-out images "
+            f"({ae['psnr_train']:.2f} dB on training images); Fréchet distance of its reconstructions "
+            f"{floor['fd']:.4g}, the floor for decoded samples."
+        ]
         return out

@@ -9,6 +9,7 @@ from .base import Domain
 DOMAINS = {
     "binary_image": ("multidiff.domains.binary_image", "BinaryImageDomain"),
     "latent_image": ("multidiff.domains.latent_image", "LatentImageDomain"),
+    "text": ("multidiff.domains.text", "TextDomain"),
 }
 
 

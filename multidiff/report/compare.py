@@ -106,11 +106,12 @@ def write_comparison(runs: dict[str, Path], baseline: str, out_dir: Path, title:
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
+    headline = headline_labels(evals)
     lines = [f"# {title}", "", f"Baseline: **{baseline}**. NELBO in {unit} on the fixed validation subset "
-             "(fixed quadrature and noise, identical for every schedule); Fréchet distance in the features of "
-             "the dataset's cached classifier, from the same sampler, steps and seeds.", ""]  # fmt: skip
-    lines += ["| schedule | final step | final NELBO | Fréchet distance | density peak σ | steps to baseline's final NELBO | speedup |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+             "(fixed quadrature and noise, identical for every schedule); sample metrics "
+             f"({', '.join(headline)}) from the same sampler, steps and seeds.", ""]  # fmt: skip
+    lines += [f"| schedule | final step | final NELBO | {' | '.join(headline)} | density peak σ | steps to baseline's final NELBO | speedup |",
+              "|---|---|---|" + "---|" * len(headline) + "---|---|---|"]  # fmt: skip
     base_curve = curves.get(baseline, ([], []))
     for label in runs:
         steps, values = curves[label]
@@ -118,9 +119,10 @@ def write_comparison(runs: dict[str, Path], baseline: str, out_dir: Path, title:
         reach = _fmt(sp.get("steps")) if sp.get("reached") else "not reached"
         ratio = f"{sp['ratio']:.2f}×" if sp.get("ratio") else "–"
         peak = _fmt(density_peak(tables[label]), 3) if label in tables else "–"
+        metrics = " | ".join(_fmt(headline_values(evals[label]).get(h)) for h in headline)
         lines.append(f"| {label} | {steps[-1] if steps else '–'} | {_fmt(values[-1] if values else None)} | "
-                     f"{_fmt(evals[label].get('fd'))} | {peak} | {reach} | {ratio} |")  # fmt: skip
-    lines += autoencoder_lines(evals)
+                     f"{metrics} | {peak} | {reach} | {ratio} |")  # fmt: skip
+    lines += notes_lines(evals)
     all_steps = sorted(set().union(*[set(c[0]) for c in curves.values()]))
     lines += ["", "NELBO at equal steps:", "", "| step | " + " | ".join(runs) + " |", "|---|" + "---|" * len(runs)]
     for s in all_steps:
@@ -129,26 +131,54 @@ def write_comparison(runs: dict[str, Path], baseline: str, out_dir: Path, title:
     lines += ["", "Speedup = baseline's final step / steps the run needs to reach the baseline's final NELBO "
               "(linear interpolation between evaluations); below 1 when the baseline gets there first.", "",
               f"![comparison]({png.name})", ""]  # fmt: skip
+    lines += samples_section(runs, evals, out_dir)
     md = out_dir / f"{stem}.md"
     md.write_text("\n".join(lines))
     return md
 
 
-def autoencoder_lines(evals: dict[str, dict[str, Any]]) -> list[str]:
-    """For latent domains: each distinct autoencoder's PSNR and the Fréchet distance of its
-    reconstructions (decoded samples pass the same decoder, so it bounds their quality)."""
+def notes_lines(evals: dict[str, dict[str, Any]]) -> list[str]:
+    """Each distinct note a domain put in eval.json (e.g. a latent autoencoder's PSNR), once, with its runs."""
     seen: dict[str, list[str]] = {}
     for label, ev in evals.items():
-        if isinstance(ev.get("autoencoder"), dict):
-            seen.setdefault(str(ev["autoencoder"].get("key")), []).append(label)
-    out = []
-    for key, labels in seen.items():
-        ae = evals[labels[0]]["autoencoder"]
-        shape = "×".join(str(s) for s in ae.get("latent_shape", []))
-        out += ["", f"Autoencoder ({ae.get('kind')}, latents {shape}, used by {', '.join(labels)}): PSNR "
-                f"{_fmt(ae.get('psnr_val'))} dB on held-out images ({_fmt(ae.get('psnr_train'))} dB on training images); "
-                f"Fréchet distance of its reconstructions {_fmt(ae.get('fd_reconstructions'))}, the floor for decoded samples."]  # fmt: skip
-    return out
+        for note in ev.get("notes", []):
+            seen.setdefault(str(note), []).append(label)
+    return [line for note, labels in seen.items() for line in ("", f"{note} (runs: {', '.join(labels)})")]
+
+
+def headline_values(ev: dict[str, Any]) -> dict[str, Any]:
+    """An eval.json's headline metrics (label → value); older files: the Fréchet distance."""
+    if "headline" in ev:
+        return dict(ev["headline"])
+    return {"Fréchet distance": ev["fd"]} if "fd" in ev else {}
+
+
+def headline_labels(evals: dict[str, dict[str, Any]]) -> list[str]:
+    labels: list[str] = []
+    for ev in evals.values():
+        labels += [h for h in headline_values(ev) if h not in labels]
+    return labels or ["Fréchet distance"]
+
+
+def samples_section(runs: dict[str, Path], evals: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
+    """Links to each run's sample files, and the first samples quoted when eval.json has a text preview."""
+    lines = ["## Samples", ""]
+    for label, d in runs.items():
+        ev = evals[label]
+        links = []
+        for rel in ev.get("samples", []):
+            target = Path(d) / rel
+            try:
+                target = target.relative_to(out_dir)
+            except ValueError:
+                pass
+            links.append(f"[{Path(rel).name}]({target})")
+        lines.append(f"**{label}**: {', '.join(links) or '–'}")
+        lines.append("")
+        for i, text in enumerate(ev.get("preview", [])):
+            quoted = "\n".join("    " + line for line in str(text).splitlines())
+            lines += [f"sample {i}:", "", quoted, ""]
+    return lines
 
 
 def summary(runs: dict[str, Path], baseline: str) -> dict[str, Any]:

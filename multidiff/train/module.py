@@ -7,14 +7,14 @@ the recipe. Randomness of a step (σ's and noise) comes from a generator seeded 
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
 from torch import Tensor
 
 from .. import __version__
-from ..diffusion.likelihood import fixed_noise, nelbo_nats
+from ..diffusion.likelihood import fixed_noise, nelbo_nats, unit_key
 from ..diffusion.model import DiffusionModel
 from ..errors import NonFiniteLossError
 from ..schedules.base import Schedule
@@ -36,6 +36,7 @@ class DiffusionModule(L.LightningModule):
         nelbo_nodes: int,
         nelbo_seed: int,
         nelbo_count: int,
+        nelbo_extra_units: Optional[dict[str, float]] = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -44,6 +45,7 @@ class DiffusionModule(L.LightningModule):
         self.seed, self.lr, self.lr_warmup, self.weight_decay = seed, lr, lr_warmup, weight_decay
         self.nelbo_range = (nelbo_sigma_min, nelbo_sigma_max)  # the bound's σ range (σ, not ln σ)
         self.nelbo_nodes, self.nelbo_seed, self.nelbo_count = nelbo_nodes, nelbo_seed, nelbo_count
+        self.nelbo_extra_units = dict(nelbo_extra_units or {})  # unit → units per example (e.g. bits/char)
         self.first_bad_step = torch.tensor(-1)  # first step with a non-finite loss, kept on the device
 
     def step_generator(self, step: int) -> torch.Generator:
@@ -89,6 +91,10 @@ class DiffusionModule(L.LightningModule):
         bits = parts["total"] / (math.log(2) * self.nelbo_count)
         # every process evaluates the whole fixed subset, so syncing averages identical values
         self.log("val/nelbo", bits.mean(), batch_size=x.shape[0], on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        for unit, count in self.nelbo_extra_units.items():
+            # a per-example count that is the subset's mean makes the epoch mean Σ nats / Σ units
+            other = parts["total"] / (math.log(2) * count)
+            self.log(f"val/nelbo_{unit_key(unit)}", other.mean(), batch_size=x.shape[0], on_step=False, on_epoch=True, sync_dist=True)
 
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.99), weight_decay=self.weight_decay)

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..diffusion.likelihood import fixed_noise, nelbo_nats
+from ..diffusion.likelihood import fixed_noise, nelbo_nats, unit_key
 from ..diffusion.model import DiffusionModel
 from ..diffusion.sampling import SAMPLERS, sigma_grid
 from ..diffusion.weighting import get_weighting
@@ -100,17 +100,26 @@ def build(recipe: dict[str, Any], run_dir: Optional[Path] = None) -> Setup:
     return Setup(resolved, domain, data, sigma_data, weight, schedule, model)
 
 
+def nelbo_units(setup: Setup) -> dict[str, float]:
+    """The domain's NELBO units → units per example on the fixed validation subset (primary first)."""
+    n = min(int(setup.recipe["eval"]["nelbo_examples"]), setup.data.val.shape[0])
+    units = setup.domain.nelbo_units(setup.data, n)
+    primary = setup.domain.nelbo_unit
+    return {primary: units.get(primary, float(setup.domain.nelbo_count(setup.data))), **units}
+
+
 def make_module(setup: Setup):
     from .module import DiffusionModule
 
     r = setup.recipe
+    extra = {u: c for u, c in nelbo_units(setup).items() if u != setup.domain.nelbo_unit}
     return DiffusionModule(
         setup.model, setup.schedule, setup.weight,
         seed=int(r["seed"]), lr=float(r["train"]["lr"]), lr_warmup=int(r["train"]["lr_warmup"]),
         weight_decay=float(r["train"]["weight_decay"]),
         nelbo_sigma_min=float(r["eval"]["nelbo_sigma_min"]), nelbo_sigma_max=float(r["diffusion"]["sigma_max"]),
         nelbo_nodes=int(r["eval"]["nelbo_nodes"]), nelbo_seed=int(r["eval"]["nelbo_seed"]),
-        nelbo_count=setup.domain.nelbo_count(setup.data),
+        nelbo_count=setup.domain.nelbo_count(setup.data), nelbo_extra_units=extra,
     )  # fmt: skip
 
 
@@ -266,6 +275,12 @@ def sampling_sigmas(run: LoadedRun, kind: str, steps: int) -> Tensor:
 @torch.no_grad()
 def validation_nelbo(run: LoadedRun, device: torch.device) -> float:
     """The validation NELBO (same subset, nodes and noise as during training), per domain unit."""
+    return validation_nelbo_nats(run, device) / (math.log(2) * run.setup.domain.nelbo_count(run.setup.data))
+
+
+@torch.no_grad()
+def validation_nelbo_nats(run: LoadedRun, device: torch.device) -> float:
+    """The validation NELBO in nats per example (same subset, nodes and noise as during training)."""
     r, model = run.setup.recipe, run.module.model.to(device)
     n = min(int(r["eval"]["nelbo_examples"]), run.setup.data.val.shape[0])
     total, count = 0.0, 0
@@ -280,7 +295,7 @@ def validation_nelbo(run: LoadedRun, device: torch.device) -> float:
         )  # fmt: skip
         total += float(parts["total"].sum())
         count += x.shape[0]
-    return total / count / (math.log(2) * run.setup.domain.nelbo_count(run.setup.data))
+    return total / count
 
 
 def evaluate(run: LoadedRun) -> dict[str, Any]:
@@ -288,7 +303,9 @@ def evaluate(run: LoadedRun) -> dict[str, Any]:
     r, s = run.setup.recipe, run.setup.recipe["sample"]
     device = device_for_inference()
     model = run.module.model.to(device).eval()
-    nelbo = validation_nelbo(run, device)
+    nats = validation_nelbo_nats(run, device)
+    units = nelbo_units(run.setup)
+    nelbo = nats / (math.log(2) * units[run.setup.domain.nelbo_unit])
     sigmas = sampling_sigmas(run, str(s["sigmas"]), int(s["steps"]))
     n = max(int(r["eval"]["fd_samples"]), int(s["n"]))
     x = generate(model, run.setup.domain.example_shape(run.setup.data), n, sigmas, sampler=str(s["sampler"]),
@@ -302,11 +319,14 @@ def evaluate(run: LoadedRun) -> dict[str, Any]:
         "dataset": run.setup.data.dataset,
         "nelbo": nelbo,
         "nelbo_unit": run.setup.domain.nelbo_unit,
+        **{f"nelbo_{unit_key(u)}": nats / (math.log(2) * c) for u, c in units.items() if u != run.setup.domain.nelbo_unit},
+        "nelbo_units_per_example": units,
         **run.setup.domain.sample_metrics(decoded[: int(r["eval"]["fd_samples"])], run.setup.data),
         "sampler": {k: s[k] for k in ("sampler", "steps", "sigmas", "rho", "churn", "seed")},
         "samples": [str(p.relative_to(run.run_dir)) for p in files],
         "created_by": f"multidiff {__version__}",
     }
+    result["headline"] = {label: result[key] for key, label in run.setup.domain.headline_metrics.items() if key in result}
     write_json(run.run_dir / "eval.json", result)
     return result
 
