@@ -110,7 +110,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     out = list(args.set)
     for flag, key in (("max_steps", "train.max_steps"), ("seed", "seed"), ("accelerator", "train.accelerator"),
                       ("devices", "train.devices"), ("precision", "train.precision")):  # fmt: skip
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is not None:
             out.append(f"{key}={value}")
     return out
@@ -225,12 +225,11 @@ def _train_one(setup: Any, run_dir: Path, resume: bool, primary: bool = True) ->
 def cmd_compare(args: argparse.Namespace) -> int:
     from .recipe import load_recipe_file, resolve
     from .report.compare_report import write_report
-    from .train.compare_runs import finished, parse_schedules, plan_runs, recipe_mismatch
+    from .train.compare_runs import finished, parse_schedules, plan_runs, recipe_mismatch, trained_steps
     from .train.run import build
 
     if args.seeds < 1:
         raise UserError(f"--seeds must be >= 1, got {args.seeds}")
-    args.seed = None
     raw = load_recipe_file(args.recipe)
     names = parse_schedules(args.schedules)
     overrides = _overrides(args)
@@ -252,6 +251,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
                             f"use another --out or move it away")  # fmt: skip
         if plan.run_dir.exists() and not (plan.run_dir / "recipe.yaml").is_file() and any(plan.run_dir.iterdir()):
             raise UserError(f"{plan.run_dir} exists and is not a multidiff run; use another --out")
+        done = trained_steps(plan)
+        if done is not None and done > int(plan.recipe["train"]["max_steps"]):
+            raise UserError(f"{plan.run_dir} was trained for {done} steps, more than --max-steps "
+                            f"{plan.recipe['train']['max_steps']}; use another --out")  # fmt: skip
     for i, plan in enumerate(plans, 1):
         tag = f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}"
         if finished(plan):

@@ -5,9 +5,9 @@ speed on a grid of u = ln σ (nodes u_0 < … < u_K, spacing δ) is ``v_k = D(p_
 on each segment; ``p(u) ∝ v(u)^ξ`` (ξ = 1 spends equal probability on equal amounts of change),
 with ln v smoothed across segments before it is integrated into the CDF. Three measures:
 
-- ``fd`` (data only, computed once before training by :meth:`CRS.prepare`): the Fréchet distance
-  (square root of FD, i.e. the W2 distance of Gaussian fits, so it adds up along the path)
-  between Gaussian fits of features of noised training data. Features are the raw dimensions
+- ``fd`` (data only, computed once before training by :meth:`CRS.prepare`): the square root of
+  the Fréchet distance (the W2 distance, which adds up along the path, while FD would shrink with
+  the grid spacing) between Gaussian fits of features of noised training data. Features are the raw dimensions
   when there are at most ``features`` of them, else a fixed random orthonormal projection to
   ``features`` dimensions (a cheap, domain-free stand-in for a feature network). Because these
   features are linear, the fit of the noised features follows from the data's mean and
@@ -131,10 +131,12 @@ class CRS(LearnedSchedule):
         return mix_floor(table, self.params.floor, self.ctx)
 
     def _install(self, speed: np.ndarray, step: int, info: dict[str, Any]) -> None:
-        # every process takes rank 0's estimate, so all sample from the same table
-        shared = torch.as_tensor(speed if process_rank() == 0 else np.zeros_like(speed), dtype=torch.float64)
+        # every process takes rank 0's estimate, so all sample from the same table (on the device:
+        # NCCL reduces only CUDA tensors)
+        mine = speed if process_rank() == 0 else np.zeros_like(speed)
+        shared = torch.as_tensor(mine, dtype=torch.float64, device=self.device)
         all_reduce_sum_(shared)
-        self.speed = shared.numpy().copy()
+        self.speed = shared.cpu().numpy().copy()
         warmup = 0 if not self.model_based else self.params.warmup
         self.switch(self._rebuild(), step, warmup, info)
 

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from .base import Schedule, ScheduleContext
+from .fixed import NoParams
 
 
 class ClosedForm(Schedule):
@@ -29,9 +30,6 @@ class ClosedForm(Schedule):
 
     Subclasses implement ``_cdf``, ``_pdf``, ``_icdf`` for the untruncated law on u (float64).
     """
-
-    def __init__(self, ctx: ScheduleContext, params: object) -> None:
-        super().__init__(ctx, params)
 
     def _setup(self) -> None:
         """Call at the end of a subclass constructor: the mass below and inside the range."""
@@ -65,18 +63,13 @@ class ClosedForm(Schedule):
         return self._icdf(p).clamp(self.ctx.u_min, self.ctx.u_max).to(q.dtype)
 
 
-@dataclass
-class NoFamilyParams:
-    pass
-
-
 class Cosine(ClosedForm):
     """VP cosine: t ~ U(0, 1), σ = tan(πt/2) (λ = −2 ln tan(πt/2)); p_λ = sech(λ/2)/(2π)."""
 
     name = "cosine"
 
-    def __init__(self, ctx: ScheduleContext, params: Optional[NoFamilyParams] = None) -> None:
-        super().__init__(ctx, params or NoFamilyParams())
+    def __init__(self, ctx: ScheduleContext, params: Optional[NoParams] = None) -> None:
+        super().__init__(ctx, params or NoParams())
         self._setup()
 
     def _cdf(self, u: Tensor) -> Tensor:

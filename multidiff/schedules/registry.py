@@ -13,7 +13,7 @@ from .adaptive import Adaptive, AdaptiveParams
 from .base import Schedule, ScheduleContext
 from .crs import CRS, CRSParams
 from .curriculum import Curriculum, CurriculumParams
-from .families import Cauchy, CauchyParams, Chen, ChenParams, Cosine, Laplace, LaplaceParams, NoFamilyParams
+from .families import Cauchy, CauchyParams, Chen, ChenParams, Cosine, Laplace, LaplaceParams
 from .fixed import EDM2, EDM2Params, LogNormal, LogNormalParams, LogUniform, NoParams
 from .infonoise import InfoNoise, InfoNoiseParams
 from .timewarp import Timewarp, TimewarpParams
@@ -35,7 +35,7 @@ REGISTRY: dict[str, ScheduleSpec] = {
         ScheduleSpec("edm", LogNormal, LogNormalParams, "EDM log-normal: ln σ ~ N(p_mean, p_std²)"),
         ScheduleSpec("edm2", EDM2, EDM2Params, "EDM2 log-normal: ln σ ~ N(-0.4, 1.0²)"),
         ScheduleSpec("loguniform", LogUniform, NoParams, "uniform in ln σ over the range"),
-        ScheduleSpec("cosine", Cosine, NoFamilyParams, "VP cosine: λ = −2 ln tan(πt/2), t ~ U(0, 1)"),
+        ScheduleSpec("cosine", Cosine, NoParams, "VP cosine: λ = −2 ln tan(πt/2), t ~ U(0, 1)"),
         ScheduleSpec("laplace", Laplace, LaplaceParams, "logSNR λ ~ Laplace(mu, b) (Hang et al. 2024)"),
         ScheduleSpec("cauchy", Cauchy, CauchyParams, "logSNR λ ~ Cauchy(mu, gamma) (Hang et al. 2024)"),
         ScheduleSpec("chen", Chen, ChenParams, "Chen 2023: γ(t) linear | cosine | sigmoid, t ~ U(0, 1), input scale b"),

@@ -73,12 +73,17 @@ def _validate_schedule(recipe: dict[str, Any]) -> None:
     build_schedule(name, spec, ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"])))
 
 
-def finished(plan: PlannedRun) -> bool:
-    """True when the run directory holds this plan's finished evaluation (reused, not retrained)."""
+def trained_steps(plan: PlannedRun) -> int | None:
+    """Steps of the run's last evaluation (eval.json), if it has one."""
     from ..report.compare import read_eval
 
     ev = read_eval(plan.run_dir)
-    return bool(ev) and int(ev.get("step", -1)) == int(plan.recipe["train"]["max_steps"]) and (
+    return int(ev["step"]) if ev and "step" in ev else None
+
+
+def finished(plan: PlannedRun) -> bool:
+    """True when the run directory holds this plan's finished evaluation (reused, not retrained)."""
+    return trained_steps(plan) == int(plan.recipe["train"]["max_steps"]) and (
         plan.run_dir / "checkpoints" / "last.ckpt"
     ).is_file()
 
