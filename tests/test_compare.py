@@ -74,6 +74,7 @@ def test_compare_reuses_finished_runs_and_resumes_unfinished_ones(campaign, caps
         (["--baseline", "laplace"], "--baseline laplace"),
         (["--set", "schedule.nosuch=1"], "schedule.nosuch"),
         (["--set", "train.lr=0.5"], "different recipe"),
+        (["--max-steps", "5"], "more than --max-steps 5"),
     ],
 )
 def test_compare_bad_input_is_one_line_and_exit_2(campaign, capsys, change, message):
