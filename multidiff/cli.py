@@ -69,6 +69,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run_dir")
     e.set_defaults(func=cmd_eval)
 
+    c = sub.add_parser("compare", help="train several schedules under the same seeds, budget, model and evaluation; write report.md")
+    c.add_argument("recipe", help="recipe YAML file")
+    c.add_argument("--schedules", required=True, help="comma-separated schedule names or files, e.g. edm,infonoise,crs")
+    c.add_argument("--max-steps", type=int, help="training steps of every run (default: the recipe's)")
+    c.add_argument("--seeds", type=int, default=1, help="seeds per schedule: the recipe's seed, +1, ... (default 1)")
+    c.add_argument("--baseline", help="schedule whose final NELBO the others race to (default: edm if listed, else the first)")
+    c.add_argument("--out", help="output directory (default runs/NAME-compare); runs go to OUT/SCHEDULE/seedS")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value for every run; schedule.KEY=V applies to the schedules with parameter KEY")  # fmt: skip
+    c.add_argument("--accelerator", choices=["cpu", "gpu", "cuda", "mps", "auto"])
+    c.add_argument("--devices", help="number of devices (or 'auto')")
+    c.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    c.set_defaults(func=cmd_compare)
+
     sc = sub.add_parser("schedule", help="list, show, export schedules")
     ssub = sc.add_subparsers(dest="schedule_command", required=True, parser_class=_Parser)
     ls = ssub.add_parser("list", help="schedule names with their parameters and defaults")
@@ -96,7 +110,7 @@ def _overrides(args: argparse.Namespace) -> list[str]:
     out = list(args.set)
     for flag, key in (("max_steps", "train.max_steps"), ("seed", "seed"), ("accelerator", "train.accelerator"),
                       ("devices", "train.devices"), ("precision", "train.precision")):  # fmt: skip
-        value = getattr(args, flag)
+        value = getattr(args, flag, None)
         if value is not None:
             out.append(f"{key}={value}")
     return out
@@ -204,6 +218,62 @@ def _train_one(setup: Any, run_dir: Path, resume: bool, primary: bool = True) ->
     print(f"\nrun {run_dir}: step {result['step']} · NELBO {result['nelbo']:.4f} {result['nelbo_unit']}{extra} "
           f"· training density peaks at σ={density_peak(table):.3g}")  # fmt: skip
     print(f"  samples {run_dir / result['samples'][0]} · schedule {run_dir / 'schedule.json'} · plots {plots}/")
+
+
+# ---- compare ---------------------------------------------------------------------------------------
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe_file, resolve
+    from .report.compare_report import write_report
+    from .train.compare_runs import finished, parse_schedules, plan_runs, recipe_mismatch, trained_steps
+    from .train.run import build
+
+    if args.seeds < 1:
+        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    raw = load_recipe_file(args.recipe)
+    names = parse_schedules(args.schedules)
+    overrides = _overrides(args)
+    recipe = resolve(raw, args.recipe, [o for o in overrides if not o.strip().startswith("schedule.")])
+    seeds = [int(recipe["seed"]) + i for i in range(args.seeds)]
+    out = Path(args.out or f"runs/{recipe['name']}-compare")
+    if (out / "recipe.yaml").is_file():
+        raise UserError(f"--out {out} is a training run directory; pick another directory for the comparison")
+    plans = plan_runs(raw, args.recipe, names, seeds, overrides, out)
+    labels = list(dict.fromkeys(p.label for p in plans))
+    baseline = args.baseline or ("edm" if "edm" in labels else labels[0])
+    if baseline not in labels:
+        raise UserError(f"--baseline {baseline}: not among the compared schedules ({', '.join(labels)})")
+    primary = not _is_launched_worker()
+    for plan in plans:  # refuse before training anything
+        key = recipe_mismatch(plan)
+        if key:
+            raise UserError(f"{plan.run_dir} was trained with a different recipe (differs at '{key}'); "
+                            f"use another --out or move it away")  # fmt: skip
+        if plan.run_dir.exists() and not (plan.run_dir / "recipe.yaml").is_file() and any(plan.run_dir.iterdir()):
+            raise UserError(f"{plan.run_dir} exists and is not a multidiff run; use another --out")
+        done = trained_steps(plan)
+        if done is not None and done > int(plan.recipe["train"]["max_steps"]):
+            raise UserError(f"{plan.run_dir} was trained for {done} steps, more than --max-steps "
+                            f"{plan.recipe['train']['max_steps']}; use another --out")  # fmt: skip
+    for i, plan in enumerate(plans, 1):
+        tag = f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}"
+        if finished(plan):
+            if primary:
+                print(f"{tag}: reusing {plan.run_dir} (finished at step {plan.recipe['train']['max_steps']})")
+            continue
+        resume = (plan.run_dir / "checkpoints" / "last.ckpt").is_file()
+        if primary:
+            print(f"{tag}: {'resuming' if resume else 'training'} → {plan.run_dir}", flush=True)
+            if not resume and plan.run_dir.exists():
+                shutil.rmtree(plan.run_dir)  # our own run that stopped before its first checkpoint
+        setup = build(plan.recipe, plan.run_dir if resume else None)
+        _train_one(setup, plan.run_dir, resume=resume, primary=primary)
+    if primary:
+        groups = {label: [p.run_dir for p in plans if p.label == label] for label in labels}
+        md = write_report(groups, baseline, out, title=f"{recipe['name']}: {', '.join(labels)}", seeds=seeds)
+        print(f"\nreport: {md}  (plots: {out}/curves.png, densities.png, profiles.png)")
+    return 0
 
 
 # ---- sample / eval ---------------------------------------------------------------------------------

@@ -29,9 +29,47 @@ def learned_infonoise(**overrides):
     return s
 
 
+def smooth_observations(s, steps=3, n=4096, seed=0):
+    """Feed a schedule smooth synthetic errors/losses over log-uniform σ and refresh it."""
+    g = torch.Generator().manual_seed(seed)
+    for step in range(1, steps + 1):
+        sigma = torch.exp(torch.empty(n).uniform_(CTX.u_min, CTX.u_max, generator=g))
+        error = sigma**2 / (1 + sigma**2)
+        s.observe(sigma, error, error * (sigma**2 + 1) / sigma**2)
+        s.refresh(step)
+    return s
+
+
+def learned(name, **params):
+    """A learned schedule (timewarp, adaptive) after a few refreshes, past its warm-up."""
+    s = smooth_observations(build_schedule(name, {"warmup": 0, "refresh": 1, **params}, CTX))
+    assert s.active
+    return s
+
+
+def prepared_crs(**params):
+    g = torch.Generator().manual_seed(0)
+    s = build_schedule("crs", params, CTX)
+    s.prepare(torch.where(torch.rand(512, 16, generator=g) > 0.5, 1.0, -1.0))  # ±1 "pixels"
+    return s
+
+
+def staged_curriculum(stage=2):
+    s = build_schedule("curriculum", {"clusters": 5}, CTX)
+    s.stage = stage
+    return s
+
+
 def all_schedules():
     out = {name: build_schedule(name, {}, CTX) for name in REGISTRY if name != "infonoise"}
     out["infonoise(learned)"] = learned_infonoise()
+    out["timewarp(learned)"] = learned("timewarp")
+    out["adaptive(learned)"] = learned("adaptive")
+    out["crs(fd)"] = prepared_crs()
+    out["crs(fd, ve, xi=1.2)"] = prepared_crs(space="ve", xi=1.2)
+    out["curriculum(stage 2)"] = staged_curriculum()
+    out["chen(cosine, b=0.5)"] = build_schedule("chen", {"function": "cosine", "start": 0.2, "tau": 2.0, "b": 0.5}, CTX)
+    out["chen(linear, b=2)"] = build_schedule("chen", {"function": "linear", "b": 2.0}, CTX)
     table = out["infonoise(learned)"].to_table()
     out["file"] = TabulatedSchedule(CTX, table)
     return out
@@ -48,7 +86,7 @@ def test_samples_follow_pdf(name):
     cdf = lambda v: s.cdf(torch.as_tensor(v, dtype=torch.float32)).double().numpy()  # noqa: E731
     assert stats.kstest(u, cdf).pvalue > 1e-3
     # the cdf is the integral of the pdf
-    grid = torch.linspace(CTX.u_min, CTX.u_max, 4001, dtype=torch.float64)
+    grid = torch.linspace(CTX.u_min, CTX.u_max, 20001, dtype=torch.float64)  # fine: curriculum has a jump
     pdf = s.pdf(grid.float()).double()
     integral = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumulative_trapezoid(pdf, grid)])
     assert torch.allclose(integral, s.cdf(grid.float()).double(), atol=2e-3)

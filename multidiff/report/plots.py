@@ -59,13 +59,41 @@ def plot_profile_axes(ax, table: ScheduleTable) -> None:
     ax.legend(fontsize=8)
 
 
+def plot_learned_profile_axes(ax, table: ScheduleTable) -> bool:
+    """A schedule's learned estimate: InfoNoise's profile, or any other profile lists (CRS speed,
+    timewarp fit, adaptive loss) on one scale (÷ the largest value), logarithmic when they span over
+    two decades. False when the table has no profile."""
+    prof = table.profile
+    if prof.get("rate") and prof.get("mmse") and "c" in table.gate:
+        plot_profile_axes(ax, table)
+        return True
+    if not prof.get("u"):
+        return False
+    sigma = np.exp(np.asarray(prof["u"]))
+    series = {k: np.asarray(v, dtype=float) for k, v in prof.items() if k not in ("u", "counts")}
+    top = max((float(v.max()) for v in series.values()), default=0.0)  # one scale: fit and data stay comparable
+    positive = [float(v[v > 0].min()) for v in series.values() if (v > 0).any()]
+    span = top / min(positive) if positive and top > 0 else 1.0
+    for key, v in series.items():
+        ax.plot(sigma, v / top if top > 0 else v, label=key)
+    ax.set_xscale("log")
+    if span > 100:
+        ax.set_yscale("log")
+        ax.set_ylim(1e-4, 2)
+    ax.set_xlabel("σ")
+    ax.set_ylabel("÷ largest value")
+    ax.set_title("estimated profile")
+    ax.legend(fontsize=8)
+    return True
+
+
 def plot_schedule(table: ScheduleTable, path: Path, title: Optional[str] = None) -> Path:
-    has_profile = bool(table.profile.get("rate"))
+    has_profile = bool(table.profile.get("u") or table.profile.get("rate"))
     fig, axes = plt.subplots(1, 2 if has_profile else 1, figsize=(12 if has_profile else 6.5, 4.2), squeeze=False)
     plot_density_axes(axes[0, 0], {table.method: table})
     axes[0, 0].set_title(title or f"{table.method} training density (step {table.step})")
     if has_profile:
-        plot_profile_axes(axes[0, 1], table)
+        plot_learned_profile_axes(axes[0, 1], table)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

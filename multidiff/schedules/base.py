@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Protocol
 
 import torch
 from torch import Tensor
@@ -72,6 +72,23 @@ class ScheduleTable:
     step: int = 0
 
 
+class Probe(Protocol):
+    """What the trainer lends a schedule at a refresh to measure the current denoiser (CRS x0/eps).
+
+    ``data()``: a fixed held-out batch, encoded by the current model, on the device (the same
+    examples at every refresh and on every process). ``probe(x, sigma)``: the denoiser's x0 estimate
+    D(x; σ) for noisy ``x`` and per-example σ (σ, not ln σ), under no_grad, in eval mode. Every call
+    is counted (``examples``, ``calls``) so its cost can be reported.
+    """
+
+    examples: int
+    calls: int
+
+    def data(self) -> Tensor: ...
+
+    def __call__(self, x: Tensor, sigma: Tensor) -> Tensor: ...
+
+
 def stratified_uniform(
     n: int, generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None
 ) -> Tensor:
@@ -86,6 +103,10 @@ class Schedule:
     name: str = "schedule"
     #: steps between calls to :meth:`refresh` (0: never; fixed schedules).
     refresh_every: int = 0
+    #: training examples :meth:`prepare` wants once before training (0: not called).
+    prepare_examples: int = 0
+    #: held-out examples the :class:`Probe` passed to :meth:`refresh` should hold (0: no probe).
+    probe_examples: int = 0
 
     def __init__(self, ctx: ScheduleContext, params: Any = None) -> None:
         self.ctx = ctx
@@ -119,8 +140,21 @@ class Schedule:
         Called every training step; implementations must stay on the device (no host sync).
         """
 
-    def refresh(self, step: int) -> dict[str, Any]:
-        """Rebuild the density from accumulated statistics; returns what to log (may be empty)."""
+    def prepare(self, x: Tensor) -> dict[str, Any]:
+        """Called once at the start of fitting with ``prepare_examples`` encoded training examples
+        (a fixed subset, identical on every process, on the device); returns what to log.
+
+        Data-only schedules (CRS ``fd``) build their table here. A schedule restored from a
+        checkpoint that already holds its table may ignore the call.
+        """
+        return {}
+
+    def refresh(self, step: int, probe: Optional[Probe] = None) -> dict[str, Any]:
+        """Rebuild the density from accumulated statistics; returns what to log (may be empty).
+
+        ``probe`` measures the current model (see :class:`Probe`); only schedules with
+        ``probe_examples > 0`` get one.
+        """
         return {}
 
     def loss_scale(self, sigma: Tensor) -> Optional[Tensor]:
@@ -183,3 +217,9 @@ def process_rank() -> int:
     import torch.distributed as dist
 
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1

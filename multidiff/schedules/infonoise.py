@@ -29,7 +29,7 @@ from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 from ..errors import NonFiniteLossError
-from .base import Schedule, ScheduleContext, ScheduleTable, _params_dict, all_reduce_sum_, process_rank
+from .base import Probe, Schedule, ScheduleContext, ScheduleTable, _params_dict, all_reduce_sum_, process_rank
 from .fixed import EDM2, LogNormal, LogUniform
 from .tabulated import TabulatedDensity
 
@@ -182,7 +182,7 @@ class InfoNoise(Schedule):
             self.sums.zero_()
             self.counts.zero_()
 
-    def refresh(self, step: int) -> dict[str, Any]:
+    def refresh(self, step: int, probe: Optional[Probe] = None) -> dict[str, Any]:
         p = self.params
         all_reduce_sum_(self.sums, self.counts)
         sums, counts = self.sums.double().cpu().numpy(), self.counts.double().cpu().numpy()

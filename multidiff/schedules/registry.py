@@ -9,9 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from .adaptive import Adaptive, AdaptiveParams
 from .base import Schedule, ScheduleContext
+from .crs import CRS, CRSParams
+from .curriculum import Curriculum, CurriculumParams
+from .families import Cauchy, CauchyParams, Chen, ChenParams, Cosine, Laplace, LaplaceParams
 from .fixed import EDM2, EDM2Params, LogNormal, LogNormalParams, LogUniform, NoParams
 from .infonoise import InfoNoise, InfoNoiseParams
+from .timewarp import Timewarp, TimewarpParams
 from .io import load_schedule_file
 from .tabulated import TabulatedSchedule
 
@@ -30,11 +35,29 @@ REGISTRY: dict[str, ScheduleSpec] = {
         ScheduleSpec("edm", LogNormal, LogNormalParams, "EDM log-normal: ln σ ~ N(p_mean, p_std²)"),
         ScheduleSpec("edm2", EDM2, EDM2Params, "EDM2 log-normal: ln σ ~ N(-0.4, 1.0²)"),
         ScheduleSpec("loguniform", LogUniform, NoParams, "uniform in ln σ over the range"),
+        ScheduleSpec("cosine", Cosine, NoParams, "VP cosine: λ = −2 ln tan(πt/2), t ~ U(0, 1)"),
+        ScheduleSpec("laplace", Laplace, LaplaceParams, "logSNR λ ~ Laplace(mu, b) (Hang et al. 2024)"),
+        ScheduleSpec("cauchy", Cauchy, CauchyParams, "logSNR λ ~ Cauchy(mu, gamma) (Hang et al. 2024)"),
+        ScheduleSpec("chen", Chen, ChenParams, "Chen 2023: γ(t) linear | cosine | sigmoid, t ~ U(0, 1), input scale b"),
         ScheduleSpec(
             "infonoise", InfoNoise, InfoNoiseParams, "learned online from the entropy-rate profile mmse(σ)/σ²"
         ),
+        ScheduleSpec("crs", CRS, CRSParams, "constant rate of distributional change: p ∝ speed^xi (fd | x0 | eps)"),
+        ScheduleSpec("timewarp", Timewarp, TimewarpParams, "CDCD time warping: monotone fit of loss vs ln σ as the CDF"),
+        ScheduleSpec("adaptive", Adaptive, AdaptiveParams, "Kingma & Gao: p ∝ target·EMA loss per bin, loss × target/p"),
+        ScheduleSpec("curriculum", Curriculum, CurriculumParams, "Kim et al. 2024: equal-mass clusters of a base, high noise first"),
     ]
 }
+
+#: schedules with a closed form and no state: usable as warm-up bases and importance targets
+FIXED = ("edm", "edm2", "loguniform", "cosine", "laplace", "cauchy", "chen")
+
+
+def fixed_schedule(name: str, ctx: ScheduleContext) -> Schedule:
+    """A fixed schedule with its default parameters (ValueError, named, for anything else)."""
+    if name not in FIXED:
+        raise ValueError(f"base/target must be a fixed schedule ({', '.join(FIXED)}), got {name!r}")
+    return REGISTRY[name].cls(ctx)
 
 
 def is_schedule_file(spec: str) -> bool:

@@ -9,14 +9,17 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import statistics
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, WeightAveraging
 
 from ..schedules.io import save_schedule_file
+from .probe import DenoiserProbe
 
 
 def ema_with_warmup(decay: float):
@@ -41,36 +44,74 @@ class EMA(WeightAveraging):
 
 
 class ScheduleCallback(L.Callback):
-    """Refreshes adaptive schedules every R steps and writes schedule.json and schedule_history/."""
+    """Refreshes adaptive schedules every R steps and writes schedule.json and schedule_history/.
+
+    A refresh gets a :class:`DenoiserProbe` when the schedule asks for one (CRS x0/eps), and is
+    timed: ``refresh_s`` against the median wall time of the training steps since the previous
+    refresh (``step_s``) gives ``cost_steps``, the refresh's cost in training steps, logged to
+    metrics.csv and schedule_history/refreshes.csv with the probe's denoiser evaluations.
+    """
 
     def __init__(self, run_dir: Path, meta: dict[str, Any], check_every: int) -> None:
         self.run_dir, self.meta, self.check_every = Path(run_dir), meta, max(1, check_every)
+        self.probe: Optional[DenoiserProbe] = None
+        self._last_end: Optional[float] = None
+        self._step_times: list[float] = []
 
     def export(self, pl_module: Any, step: int, path: Path) -> None:
         table = pl_module.schedule.to_table()
         table.step = step
         save_schedule_file(path, table, self.meta)
 
+    def _probe(self, trainer: L.Trainer, pl_module: Any) -> Optional[DenoiserProbe]:
+        n = pl_module.schedule.probe_examples
+        if not n:
+            return None
+        if self.probe is None:
+            raw = trainer.datamodule.heldout_batch(n).to(pl_module.device)
+            self.probe = DenoiserProbe(pl_module.model, raw)
+        return self.probe
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        now = time.perf_counter()
+        if self._last_end is not None:
+            self._step_times.append(now - self._last_end)
         step = trainer.global_step
         if step % self.check_every == 0:
             pl_module.check_finite()
         every = pl_module.schedule.refresh_every
-        if not every or step % every:
-            return
-        info = pl_module.schedule.refresh(step)
-        for key in ("tv", "gate_c"):
-            if key in info:
-                pl_module.log(f"schedule/{key}", float(info[key]), on_step=True, on_epoch=False)
-        if trainer.is_global_zero and info:
+        if every and step % every == 0:
+            self._refresh(trainer, pl_module, step)
+        self._last_end = time.perf_counter()
+
+    def _refresh(self, trainer: L.Trainer, pl_module: Any, step: int) -> None:
+        _synchronize(pl_module.device)  # time the refresh alone, not queued training work
+        start = time.perf_counter()
+        info = pl_module.schedule.refresh(step, probe=self._probe(trainer, pl_module))
+        _synchronize(pl_module.device)
+        row = dict(info)
+        if info and self._step_times:
+            step_s = statistics.median(self._step_times)  # the median skips validation/checkpoint steps
+            refresh_s = time.perf_counter() - start
+            row.update(refresh_s=refresh_s, step_s=step_s, cost_steps=refresh_s / step_s)
+        self._step_times.clear()
+        for key in ("tv", "gate_c", "stage", "cost_steps", "probe_examples"):
+            if key in row:
+                pl_module.log(f"schedule/{key}", float(row[key]), on_step=True, on_epoch=False)
+        if trainer.is_global_zero and "step" in info:
             history = self.run_dir / "schedule_history"
             self.export(pl_module, step, history / f"step{step:07d}.json")
-            _append_csv(history / "refreshes.csv", info)
+            _append_csv(history / "refreshes.csv", row)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         pl_module.check_finite()  # never write a checkpoint or schedule from a diverged model
         if trainer.is_global_zero:
             self.export(pl_module, trainer.global_step, self.run_dir / "schedule.json")
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class StepCheckpoint(Checkpoint):
@@ -92,7 +133,8 @@ class StepCheckpoint(Checkpoint):
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    fields = ["step", "active", "tv", "gate_c", "bins_observed"]
+    fields = ["step", "active", "tv", "gate_c", "bins_observed", "stage", "probe_calls", "probe_examples",
+              "refresh_s", "step_s", "cost_steps"]  # fmt: skip
     new = not path.exists()
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a", newline="") as f:

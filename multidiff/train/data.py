@@ -59,6 +59,16 @@ class DomainDataModule(L.LightningDataModule):
         )  # fmt: skip
         return DataLoader(stream, batch_size=None)  # in-memory indexing: workers would only add copies
 
+    def fixed_train_batch(self, n: int) -> Tensor:
+        """n training examples in a seeded order (the same on every process and after a resume)."""
+        g = torch.Generator().manual_seed(self.seed * 7919 + 104729)
+        idx = torch.randperm(self.data.train.shape[0], generator=g)[:n]
+        return self.data.train[idx]
+
+    def heldout_batch(self, n: int) -> Tensor:
+        """The first n validation examples: the fixed held-out batch schedules may probe the model on."""
+        return self.data.val[:n]
+
     def val_subset(self) -> tuple[Tensor, Tensor]:
         n = min(self.val_examples, self.data.val.shape[0])
         return self.data.val[:n], torch.arange(n)

@@ -56,6 +56,13 @@ class DiffusionModule(L.LightningModule):
     def on_fit_start(self) -> None:
         self.schedule.to(self.device)
         self.first_bad_step = self.first_bad_step.to(self.device)
+        n = self.schedule.prepare_examples
+        if n:  # data-driven schedules (CRS fd) build their table once, from encoded training data
+            with torch.no_grad():
+                x = self.model.encode(self.trainer.datamodule.fixed_train_batch(n).to(self.device))
+            info = self.schedule.prepare(x)
+            if info and self.trainer.is_global_zero:
+                print(f"schedule {self.schedule.name}: table built from {x.shape[0]} training examples")
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self.model.encode(batch)

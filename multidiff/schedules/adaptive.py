@@ -1,0 +1,87 @@
+"""Adaptive importance sampling of the noise level (Kingma & Gao 2023, appendix on adaptive schedules).
+
+The objective stays ``E_{u~target}[ℓ(u)]``, the fixed weighted loss ℓ = w(σ)·e averaged under a
+fixed ``target`` density (default EDM's log-normal, so the run optimizes exactly the EDM
+baseline's objective). Only the sampling changes: σ is drawn from ``p(u) ∝ target(u)·L̂(u)``,
+where L̂ is the per-bin EMA of the weighted loss (for a log-uniform target: "p ∝ the loss per
+bin"), and each example's loss is multiplied by ``target(u)/p(u)`` (``loss_scale``), so the
+expected optimized loss is unchanged while its variance shrinks (sampling in proportion to the
+integrand's magnitude). A ``floor`` of the target is mixed in, which bounds the importance
+weights by about 1/floor. Before ``warmup`` steps it samples from the target itself (weights 1).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+from scipy.ndimage import gaussian_filter1d
+from torch import Tensor
+
+from .base import Schedule, ScheduleContext
+from .learned import BinnedSchedule, check, fill_log_interp
+from .tabulated import TabulatedDensity
+
+
+@dataclass
+class AdaptiveParams:
+    """Adaptive importance sampling. Steps are optimizer steps."""
+
+    bins: int = 64  # K bins of ln σ
+    warmup: int = 200  # steps sampled from the target first
+    refresh: int = 100  # steps between refreshes (R)
+    target: str = "edm"  # the fixed density whose objective is kept: any fixed schedule
+    ema: float = 0.7  # weight of the previous per-bin mean at each refresh
+    min_count: int = 4  # bins with fewer samples keep their estimate and carry the samples over
+    smooth: float = 1.0  # std, in bins, of the Gaussian smoothing of ln L̂; 0 disables
+    floor: float = 0.1  # mixture weight of the target (importance weights stay near or below 1/floor)
+
+
+class Adaptive(BinnedSchedule):
+    name = "adaptive"
+    what = "weighted loss"
+
+    def __init__(self, ctx: ScheduleContext, params: Optional[AdaptiveParams] = None) -> None:
+        from .registry import fixed_schedule
+
+        p = params or AdaptiveParams()
+        check(0 < p.floor <= 1, "floor must be in (0, 1]: it bounds the importance weights by about 1/floor")
+        super().__init__(ctx, p, fixed_schedule(p.target, ctx))
+        self.grid_u = np.concatenate([[ctx.u_min], self.stats.centers, [ctx.u_max]])
+
+    @property
+    def target(self) -> Schedule:
+        return self.base
+
+    def observed(self, error: Tensor, loss: Tensor) -> Tensor:
+        return loss  # the weighted loss, before the importance weight
+
+    def loss_scale(self, sigma: Tensor) -> Optional[Tensor]:
+        """target(u)/p(u) at u = ln σ: keeps E[scaled loss] equal to the target's objective."""
+        if not (self.active and self.learned is not None):
+            return None
+        u = sigma.float().log()
+        return self.target.pdf(u) / self.learned.pdf(u).clamp(min=1e-30)
+
+    def loss_profile(self) -> np.ndarray:
+        """L̂ at the bin centres: EMA of the weighted loss, gaps filled, smoothed in ln L̂."""
+        log_l = np.log(fill_log_interp(self.stats.centers, self.means))
+        if self.params.smooth > 0:
+            log_l = gaussian_filter1d(log_l, self.params.smooth, mode="nearest")
+        return np.exp(log_l)
+
+    def _rebuild(self) -> TabulatedDensity:
+        loss = self.loss_profile()
+        u = torch.tensor(self.grid_u)
+        with torch.no_grad():
+            target = self.target.pdf(u).double().cpu().numpy()
+        target = target / np.trapezoid(target, self.grid_u)
+        tilted = target * np.r_[loss[0], loss, loss[-1]]
+        tilted = tilted / np.trapezoid(tilted, self.grid_u)
+        return TabulatedDensity(u, (1 - self.params.floor) * tilted + self.params.floor * target)
+
+    def profile(self) -> dict[str, list[float]]:
+        if not self.ready():
+            return {}
+        return {"u": self.stats.centers.tolist(), "loss": self.loss_profile().tolist(), "counts": self.total_counts.tolist()}

@@ -1,0 +1,99 @@
+"""`multidiff compare` as a user runs it: several schedules × seeds, a report, reuse of finished
+runs, and one-line refusals of bad input."""
+import json
+
+import pytest
+from PIL import Image
+
+from conftest import REPO, tiny_train_args
+from multidiff.cli import main
+from multidiff.schedules.registry import REGISTRY
+
+
+def compare_args(out, schedules="edm,crs,cosine", steps=10, extra=()):
+    """The tiny training settings of tiny_train_args, for `compare`."""
+    train = tiny_train_args(out, steps=steps)
+    flags = train[train.index("--max-steps") + 2 :]  # "--set", "KEY=V" pairs
+    sets = [kv for kv in flags[1::2] if not kv.startswith(("schedule.bins", "schedule.min_count"))] + list(extra)
+    args = ["compare", str(REPO / "recipes" / "binary_digits.yaml"), "--schedules", schedules,
+            "--max-steps", str(steps), "--out", str(out)]  # fmt: skip
+    for item in sets:
+        args += ["--set", item]
+    return args
+
+
+@pytest.fixture(scope="module")
+def campaign(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cmp") / "digits"
+    assert main(compare_args(out, extra=("schedule.bins=16",)) + ["--seeds", "2"]) == 0
+    return out
+
+
+def test_compare_writes_a_report_over_schedules_and_seeds(campaign):
+    md = (campaign / "report.md").read_text()
+    for label in ("edm", "crs", "cosine"):
+        assert f"| {label} |" in md
+        for seed in (0, 1):
+            assert (campaign / label / f"seed{seed}" / "eval.json").is_file()
+    assert "±" in md and "speedup" in md.lower() and "Fréchet distance" in md
+    for png in ("curves.png", "densities.png", "profiles.png"):
+        assert Image.open(campaign / png).size[0] > 300, png
+        assert f"({png})" in md
+    summary = json.loads((campaign / "summary.json").read_text())
+    assert summary["baseline"] == "edm" and summary["seeds"] == [0, 1]
+    edm = summary["schedules"]["edm"]
+    assert edm["reached"] == 2 and edm["speedup"][0] == pytest.approx(1.0)
+    crs = summary["schedules"]["crs"]
+    evals = [json.loads((campaign / "crs" / f"seed{s}" / "eval.json").read_text())["nelbo"] for s in (0, 1)]
+    assert crs["nelbo"][0] == pytest.approx(sum(evals) / 2)  # the mean over seeds
+    # the schedule.KEY override reached the schedule that has the key (crs), and only it
+    recipe = (campaign / "crs" / "seed0" / "recipe.yaml").read_text()
+    assert "bins: 16" in recipe and "bins" not in (campaign / "edm" / "seed0" / "recipe.yaml").read_text()
+    # same initial weights and data order: seed 0 runs differ only by their schedule
+    assert "seed: 1" in (campaign / "edm" / "seed1" / "recipe.yaml").read_text()
+
+
+def test_compare_reuses_finished_runs_and_resumes_unfinished_ones(campaign, capsys):
+    ckpt = campaign / "edm" / "seed0" / "checkpoints" / "last.ckpt"
+    stamp = ckpt.stat().st_mtime_ns
+    (campaign / "cosine" / "seed1" / "eval.json").unlink()  # as if it stopped before its evaluation
+    capsys.readouterr()
+    assert main(compare_args(campaign, extra=("schedule.bins=16",)) + ["--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("reusing") == 5 and "cosine seed 1: resuming" in out
+    assert ckpt.stat().st_mtime_ns == stamp  # not retrained
+    assert (campaign / "cosine" / "seed1" / "eval.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (["--schedules", "edm,edm"], "appears twice"),
+        (["--schedules", "edm,nosuch"], "unknown schedule 'nosuch'"),
+        (["--seeds", "0"], "--seeds"),
+        (["--baseline", "laplace"], "--baseline laplace"),
+        (["--set", "schedule.nosuch=1"], "schedule.nosuch"),
+        (["--set", "train.lr=0.5"], "different recipe"),
+        (["--max-steps", "5"], "more than --max-steps 5"),
+    ],
+)
+def test_compare_bad_input_is_one_line_and_exit_2(campaign, capsys, change, message):
+    args = compare_args(campaign, extra=("schedule.bins=16",))
+    if change[0] == "--schedules":
+        args[args.index("--schedules") + 1] = change[1]
+    else:
+        args += change
+    before = sorted(p.stat().st_mtime_ns for p in campaign.rglob("*") if p.is_file())
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1
+    assert sorted(p.stat().st_mtime_ns for p in campaign.rglob("*") if p.is_file()) == before  # nothing touched
+
+
+def test_schedule_list_names_every_schedule(capsys):
+    assert main(["schedule", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in REGISTRY:
+        assert f"\n{name} " in "\n" + out
+    assert "measure = fd" in out and "patience = 200" in out and "function = sigmoid" in out
