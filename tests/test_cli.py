@@ -1,4 +1,5 @@
 """The command line as a user runs it: a run directory end to end, reuse of its schedule, bad input."""
+import csv
 import json
 import subprocess
 import sys
@@ -39,6 +40,10 @@ def test_run_directory_layout(run):
     assert [r.split(",")[0] for r in rows[1:]] == ["5", "10", "15", "20"]
     metrics = (run / "metrics.csv").read_text()
     assert "val/nelbo" in metrics and "train/loss" in metrics
+    # eval.json's NELBO is the validation NELBO of the final weights: same subset, nodes and noise
+    with (run / "metrics.csv").open(newline="") as f:
+        last_val = [row for row in csv.DictReader(f) if row.get("val/nelbo")][-1]
+    assert int(last_val["step"]) + 1 == 20 and float(last_val["val/nelbo"]) == pytest.approx(ev["nelbo"], rel=1e-4)
 
 
 def test_sample_eval_and_schedule_commands(run, tmp_path, capsys):

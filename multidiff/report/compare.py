@@ -11,7 +11,6 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
 
 from ..schedules.io import load_schedule_file  # noqa: E402
 from .plots import density_peak, plot_density_axes, plot_profile_axes  # noqa: E402

@@ -22,11 +22,10 @@ import numpy as np  # noqa: E402
 
 from ..schedules.base import ScheduleTable  # noqa: E402
 from ..schedules.io import load_schedule_file  # noqa: E402
-from .compare import nelbo_curve, read_eval, speedup  # noqa: E402
+from .compare import headline_labels, headline_values, nelbo_curve, read_eval, speedup  # noqa: E402
 from .plots import density_peak, plot_density_axes, plot_learned_profile_axes  # noqa: E402
 
 # eval.json keys that are bookkeeping, not metrics
-_NOT_METRICS = {"step", "nelbo", "fd", "fd_samples"}
 
 
 def refresh_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -74,14 +73,12 @@ def summarize(groups: dict[str, list[Path]], baseline: str) -> dict[str, Any]:
     for label, runs in groups.items():
         curves = [nelbo_curve(d) for d in runs]
         evals = [read_eval(d) or {} for d in runs]
-        metrics = sorted({k for e in evals for k, v in e.items()
-                          if k not in _NOT_METRICS and isinstance(v, (int, float)) and not isinstance(v, bool)})  # fmt: skip
+        metrics = headline_labels({str(i): e for i, e in enumerate(evals)})  # the domain's headline metrics
         entry: dict[str, Any] = {
             "runs": [str(d) for d in runs],
             "final_step": [c[0][-1] if c[0] else None for c in curves],
             "nelbo": _mean_spread([c[1][-1] if c[1] else None for c in curves]),
-            "fd": _mean_spread([e.get("fd") for e in evals]),
-            "metrics": {k: _mean_spread([e.get(k) for e in evals]) for k in metrics},
+            "metrics": {k: _mean_spread([headline_values(e).get(k) for e in evals]) for k in metrics},
             "nelbo_unit": next((e["nelbo_unit"] for e in evals if e.get("nelbo_unit")), "bits/dim"),
         }
         reach, ratios = [], []
@@ -187,15 +184,14 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
     profiles = plot_profiles(groups, tables, out_dir / "profiles.png")
     (out_dir / "summary.json").write_text(json.dumps({"baseline": baseline, "seeds": seeds, "schedules": summary}, indent=1))
 
-    extra = sorted({k for s in summary.values() for k in s["metrics"]})
+    extra = list(dict.fromkeys(k for s in summary.values() for k in s["metrics"]))
     spread = "mean ± sample std over seeds" if len(seeds) > 1 else "one seed"
     lines = [f"# {title}", "",
              f"{len(groups)} schedules × {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), identical model, "
              f"initial weights, data order, step budget and evaluation; only the training noise distribution "
-             f"differs. NELBO in {unit} on the fixed validation subset (fixed quadrature and noise); Fréchet "
-             f"distance in the features of the dataset's cached classifier, from the same sampler, steps and "
-             f"seed ({spread}). Baseline: **{baseline}**.", ""]  # fmt: skip
-    head = ["schedule", "final NELBO", "Fréchet distance", *extra, "density peak σ",
+             f"differs. NELBO in {unit} on the fixed validation subset (fixed quadrature and noise); sample "
+             f"metrics from the same sampler, steps and seed ({spread}). Baseline: **{baseline}**.", ""]  # fmt: skip
+    head = ["schedule", "final NELBO", *extra, "density peak σ",
             f"steps to {baseline}'s final NELBO", "speedup", "refresh cost"]  # fmt: skip
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in summary.items():
@@ -211,7 +207,7 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
         cost = s["refresh_cost"]
         cost_txt = f"{cost['steps_per_refresh']:.3g} steps/refresh ({100 * cost['share']:.1f}% of training)" if cost else "–"
         peak = _fmt(density_peak(tables[label]), None, 3) if label in tables else "–"
-        row = [label, _fmt(*s["nelbo"]), _fmt(*s["fd"]), *[_fmt(*s["metrics"].get(k, (None, None))) for k in extra],
+        row = [label, _fmt(*s["nelbo"]), *[_fmt(*s["metrics"].get(k, (None, None))) for k in extra],
                peak, reach, ratio, cost_txt]  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
 

@@ -135,7 +135,6 @@ class Curriculum(Schedule):
         return info
 
     def _check_progress(self, step: int) -> dict[str, Any]:
-        p = self.params
         all_reduce_sum_(self.loss_sum, self.loss_count)
         total, count = float(self.loss_sum), float(self.loss_count)
         self.loss_sum.zero_()

@@ -285,7 +285,7 @@ def validation_nelbo_nats(run: LoadedRun, device: torch.device) -> float:
     n = min(int(r["eval"]["nelbo_examples"]), run.setup.data.val.shape[0])
     total, count = 0.0, 0
     for i in range(0, n, int(r["eval"]["nelbo_batch"])):
-        raw = run.setup.data.val[i : i + int(r["eval"]["nelbo_batch"])].to(device)
+        raw = run.setup.data.val[i : min(i + int(r["eval"]["nelbo_batch"]), n)].to(device)
         ids = torch.arange(i, i + raw.shape[0])
         x = model.encode(raw)
         noise = fixed_noise(ids, tuple(x.shape[1:]), int(r["eval"]["nelbo_nodes"]) + 1, int(r["eval"]["nelbo_seed"])).to(x)
