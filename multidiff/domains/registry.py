@@ -10,6 +10,7 @@ DOMAINS = {
     "binary_image": ("multidiff.domains.binary_image", "BinaryImageDomain"),
     "latent_image": ("multidiff.domains.latent_image", "LatentImageDomain"),
     "text": ("multidiff.domains.text", "TextDomain"),
+    "spectrogram": ("multidiff.domains.spectrogram", "SpectrogramDomain"),
 }
 
 

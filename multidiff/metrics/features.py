@@ -97,16 +97,17 @@ def predictions(net: GridClassifier, x: Tensor) -> np.ndarray:
     return torch.cat([net(x[i : i + 512].float()).argmax(1) for i in range(0, x.shape[0], 512)]).numpy()
 
 
-def classifier_metrics(key: str, samples: Tensor, data: Any, reference: Optional[Tensor] = None) -> dict:
+def classifier_metrics(key: str, samples: Tensor, data: Any, reference: Optional[Tensor] = None, **options: Any) -> dict:
     """Fréchet distance of ``samples`` against held-out grids, and the classifier's label histogram.
 
     ``data`` is a DomainData whose train/val (or ``reference``) are grids [N, C, H, W] in the same
     space as ``samples``; the classifier is trained on data.train once per ``key`` and cached.
+    ``options`` (``steps``, ``seed``) go to :func:`feature_classifier`; the key should name them.
     """
     from .frechet import frechet_between
 
     reference = data.val if reference is None else reference
-    net, info = feature_classifier(key, data.train, data.train_labels, data.num_classes, data.val, data.val_labels)
+    net, info = feature_classifier(key, data.train, data.train_labels, data.num_classes, data.val, data.val_labels, **options)
     counts = np.bincount(predictions(net, samples), minlength=info["num_classes"])
     return {
         "fd": frechet_between(features(net, samples), features(net, reference)),
