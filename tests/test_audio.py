@@ -290,6 +290,8 @@ def test_edm_and_infonoise_runs_write_wavs_of_the_stated_rate_and_length(runs):
         assert ev["schedule"] == name and ev["domain"] == "spectrogram" and ev["nelbo_unit"] == "bits/bin"
         assert math.isfinite(ev["nelbo"]) and ev["fd"] > 0 and sum(ev["sample_class_histogram"]) == recipe["eval"]["fd_samples"]
         assert ev["classes"] == list(audio.DIGIT_WORDS) and ev["classifier"]["val_accuracy"] >= 0.9
+        assert ev["samples"] == ["samples/final.png", "samples/final.npy", "samples/final"]
+        assert ev["headline"]["classes covered"] == sum(c > 0 for c in ev["sample_class_histogram"])
         wavs = sorted((run / "samples" / "final").glob("*.wav"))
         assert len(wavs) == n
         check_wavs(wavs, rate, seconds)
@@ -300,7 +302,8 @@ def test_edm_and_infonoise_runs_write_wavs_of_the_stated_rate_and_length(runs):
         assert abs(resolved["diffusion"]["sigma_data"] - 1) < 0.01
         peaks[name] = json.loads((run / "schedule.json").read_text())["pdf"]
     assert peaks["infonoise"] != peaks["edm"]
-    assert "| infonoise |" in (runs / "comparison.md").read_text()
+    md = (runs / "comparison.md").read_text()
+    assert "| infonoise |" in md and "classes covered" in md and "labels of 24 samples: zero" in md
 
 
 def test_sample_and_eval_commands_on_an_audio_run(runs):

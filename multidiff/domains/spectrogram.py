@@ -41,6 +41,7 @@ class SpectrogramDomain(Domain):
     # negative, and it is comparable across schedules because data, statistics, quadrature and
     # noise are identical. ``eval.json``'s ``nelbo_db_offset`` converts it to dB units.
     nelbo_unit = "bits/bin"
+    headline_metrics = {"fd": "Fréchet distance", "classes_covered": "classes covered"}
     data_defaults = {
         "source": "espeak",  # espeak | folder | hub; a data.path that is a folder implies folder
         "path": None,  # folder of .wav/.flac/.ogg (labels = sub-folder names), or the hub dataset id
@@ -210,7 +211,8 @@ class SpectrogramDomain(Domain):
         return waves * torch.where(peak > 0.99, 0.99 / peak.clamp_min(1e-12), torch.ones_like(peak))
 
     def write_samples(self, decoded: Tensor, out_dir: Path, tag: str) -> list[Path]:
-        """``TAG.png`` (spectrograms, low frequencies at the bottom), ``TAG.npy`` (log-mel) and ``TAG/NNN.wav``."""
+        """``TAG.png`` (spectrograms, low frequencies at the bottom), ``TAG.npy`` (log-mel) and the
+        folder ``TAG/`` of ``NNN.wav`` files (returned as the folder, so reports link it once)."""
         out_dir.mkdir(parents=True, exist_ok=True)
         log_mel = self.denormalize(decoded.float())
         npy = out_dir / f"{tag}.npy"
@@ -220,8 +222,9 @@ class SpectrogramDomain(Domain):
         wav_dir.mkdir(exist_ok=True)
         waves = self.decode_audio(decoded)
         rate = self.clip_format.sample_rate
-        wavs = [audio.write_wav(wav_dir / f"{i:03d}.wav", w.numpy(), rate) for i, w in enumerate(waves)]
-        return [png, npy, *wavs]
+        for i, w in enumerate(waves):
+            audio.write_wav(wav_dir / f"{i:03d}.wav", w.numpy(), rate)
+        return [png, npy, wav_dir]
 
     def display(self, log_mel: Tensor) -> Tensor:
         """[N, 1, n_mels, frames] log-mel → [N, 3, n_mels, frames] colours in [0, 1] (magma, 80 dB range)."""
@@ -239,9 +242,18 @@ class SpectrogramDomain(Domain):
         assert self.stats is not None
         out = classifier_metrics(classifier_key(data), classifier_view(decoded), classifier_data(data), steps=CLASSIFIER_STEPS)
         out["classes"] = data.info.get("classes") if data.train_labels is not None else None
-        out["classes_covered"] = int(sum(1 for c in out["sample_class_histogram"] if c > 0))
+        hist = out["sample_class_histogram"]
+        out["classes_covered"] = int(sum(1 for c in hist if c > 0))
         # bits/bin of the standardized log-mel + this = bits/bin of the log-mel measured in dB
         out["nelbo_db_offset"] = float(torch.log2(self.stats["std"] * 10 / math.log(10)).mean())
+        names = out["classes"] or [str(i) for i in range(len(hist))]
+        acc = out["classifier"].get("val_accuracy")
+        out["notes"] = [
+            f"Evaluation classifier ({'%.1f %% held-out accuracy' % (100 * acc) if acc is not None else out['classifier']['labels']}): "
+            f"labels of {sum(hist)} samples: " + " · ".join(f"{n} {c}" for n, c in zip(names, hist)),
+            f"NELBO is a density of the standardized log-mel (it can be negative); add {out['nelbo_db_offset']:.3f} "
+            "for bits per bin of the log-mel in dB.",
+        ]
         return out
 
 
