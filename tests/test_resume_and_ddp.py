@@ -37,7 +37,7 @@ def test_resume_continues_exactly(tmp_path):
             assert torch.allclose(tensor, b[key][name], rtol=1e-5, atol=1e-6), (key, name)
     sa, sb = a["multidiff"]["schedule"], b["multidiff"]["schedule"]
     assert torch.allclose(sa["sums"], sb["sums"], rtol=1e-5) and torch.equal(sa["counts"], sb["counts"])
-    assert np.allclose(sa["mmse"], sb["mmse"], rtol=1e-5, equal_nan=True)
+    assert np.allclose(sa["means"], sb["means"], rtol=1e-5, equal_nan=True)
     assert [h["step"] for h in sa["history"]] == [h["step"] for h in sb["history"]] == [4, 8, 12, 16, 20]
     ta, tb = load_schedule_file(straight / "schedule.json").table, load_schedule_file(halves / "schedule.json").table
     assert np.allclose(ta.pdf, tb.pdf, rtol=1e-5)

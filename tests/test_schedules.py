@@ -135,8 +135,8 @@ def test_tabulated_density_is_exact_for_its_pieces():
 
 def feed_exact_mmse(schedule: InfoNoise, step: int = 1, per_bin: int = 16) -> None:
     """Observe the exact Bayes MMSE at every bin centre, per_bin times."""
-    sigma = torch.tensor(np.exp(schedule.centers), dtype=torch.float32).repeat(per_bin)
-    e = torch.tensor(binary_mmse(np.exp(schedule.centers)), dtype=torch.float32).repeat(per_bin)
+    sigma = torch.tensor(np.exp(schedule.stats.centers), dtype=torch.float32).repeat(per_bin)
+    e = torch.tensor(binary_mmse(np.exp(schedule.stats.centers)), dtype=torch.float32).repeat(per_bin)
     schedule.observe(sigma, e, e)
     schedule.refresh(step)
 
@@ -145,15 +145,15 @@ def test_infonoise_reproduces_the_binary_profile_with_pinned_gate():
     c = 0.2
     s = InfoNoise(CTX, InfoNoiseParams(bins=64, warmup=0, smooth=0.0, floor=0.0, gate_c=c))
     feed_exact_mmse(s)
-    sigma = np.exp(s.centers)
+    sigma = np.exp(s.stats.centers)
     mmse = binary_mmse(sigma)
     # the profile is the I–MMSE entropy rate mmse/σ²
     assert np.allclose(s.profile.mmse, mmse, rtol=1e-5, atol=1e-12)
     assert np.allclose(s.profile.rate, mmse / sigma**2, rtol=1e-5, atol=1e-12)
     # the density is rate · gate / w, applied here by hand
     by_hand = (mmse / sigma**2) * sigma**3 / (sigma**3 + c**3) / ((sigma**2 + 1) / sigma**2)
-    got = s.pdf(torch.tensor(s.centers, dtype=torch.float32)).double().numpy()
-    du = s.centers[1] - s.centers[0]
+    got = s.pdf(torch.tensor(s.stats.centers, dtype=torch.float32)).double().numpy()
+    du = s.stats.centers[1] - s.stats.centers[0]
     by_hand /= (by_hand * du).sum()
     got /= (got * du).sum()
     assert np.allclose(got, by_hand, atol=2e-3 * by_hand.max())
@@ -173,7 +173,7 @@ def test_infonoise_onset_rule_matches_root_of_analytic_profile():
     width = (CTX.u_max - CTX.u_min) / 128
     assert s.profile.rule == "onset"
     assert abs(math.log(s.profile.c) - math.log(onset)) <= width  # within one bin of the exact crossing
-    g = low_noise_gate(np.exp(s.centers), s.profile.c, 3.0)
+    g = low_noise_gate(np.exp(s.stats.centers), s.profile.c, 3.0)
     assert np.allclose(s.profile.gate, g)
 
 
@@ -184,7 +184,7 @@ def test_infonoise_warmup_ema_floor_and_total_variation():
     u = torch.linspace(-5, 3, 50)
     feed_exact_mmse(s, step=1)
     assert not s.active and torch.allclose(s.pdf(u), base.pdf(u))  # still the base during warm-up
-    sigma = torch.tensor(np.exp(s.centers), dtype=torch.float32)
+    sigma = torch.tensor(np.exp(s.stats.centers), dtype=torch.float32)
     # EMA over refreshes: a second, doubled observation moves the estimate halfway
     first = s.mmse.copy()
     s.observe(sigma.repeat(8), 2 * torch.tensor(first, dtype=torch.float32).repeat(8), sigma.repeat(8))
@@ -194,7 +194,7 @@ def test_infonoise_warmup_ema_floor_and_total_variation():
     s.observe(sigma[:1].repeat(3), torch.tensor([100.0] * 3), torch.zeros(3))
     s.refresh(3)
     assert np.allclose(s.mmse, 1.5 * first, rtol=1e-5)
-    assert float(s.counts[0]) == 3 and float(s.counts[1:].sum()) == 0
+    assert float(s.stats.counts[0]) == 3 and float(s.stats.counts[1:].sum()) == 0
     assert s.active
     # the floor mixes in log-uniform: every u has at least floor / width density
     width = CTX.u_max - CTX.u_min
@@ -210,7 +210,7 @@ def test_infonoise_state_round_trip_rebuilds_the_same_table():
     s.observe(torch.tensor([0.5, 1.0]), torch.tensor([0.1, 0.2]), torch.zeros(2))  # pending statistics
     t = InfoNoise(CTX, s.params)
     t.load_state_dict(s.state_dict())
-    assert t.active and torch.equal(t.sums, s.sums) and torch.equal(t.counts, s.counts)
+    assert t.active and torch.equal(t.stats.sums, s.stats.sums) and torch.equal(t.stats.counts, s.stats.counts)
     assert t.to_table().pdf == s.to_table().pdf
 
 

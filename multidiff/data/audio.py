@@ -20,6 +20,7 @@ import torchaudio.transforms as T
 from torch import Tensor
 
 from ..errors import UserError
+from .splits import load_hub_dataset
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg")
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -190,16 +191,7 @@ def load_hub_clips(name: str, config: Optional[str], classes: Sequence[str], lim
     Returns {split: (clips, labels)} for 'train' and, when present, 'validation'. Audio is decoded
     with soundfile from the stored bytes (``datasets``' own decoder would need torchcodec).
     """
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(name, config) if config else datasets.load_dataset(name)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(
-            f"could not load dataset {name!r} through Hugging Face datasets ({type(exc).__name__}: {first}); "
-            f"offline, use data.source=espeak or data.path=FOLDER of WAV files"
-        ) from None
+    ds = load_hub_dataset(name, config, offline_hint="use data.source=espeak or data.path=FOLDER of WAV files")
     return {split: hub_split_clips(ds[split], classes, limit if split == "train" else None, f"{name}/{split}")
             for split in ("train", "validation") if split in ds}  # fmt: skip
 

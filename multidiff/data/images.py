@@ -13,6 +13,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UserError
+from .splits import cap, holdout, load_hub_dataset
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
@@ -93,15 +94,7 @@ def load_array(path: str) -> ImageSet:
 
 def load_hub(name: str) -> ImageSet:
     """An image dataset from the Hugging Face hub (e.g. 'mnist'); needs a network or a local cache."""
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(name)
-    except Exception as exc:
-        raise UserError(
-            f"could not load dataset {name!r} through Hugging Face datasets ({type(exc).__name__}: "
-            f"{str(exc).splitlines()[0] if str(exc) else ''}); offline, use data.source=digits, fashion_mnist or data.path=FILE.npy"
-        ) from None
+    ds = load_hub_dataset(name, offline_hint="use data.source=digits, fashion_mnist or data.path=FILE.npy")
 
     def convert(split):
         img_key = next(k for k in split.features if k in ("image", "img", "pixels"))
@@ -158,17 +151,8 @@ def load_image_split(cfg: dict) -> ImageSplit:
     else:
         name = cfg.get("path") or "mnist"
         raw, dataset = load_hub(name), name
-    train, train_y, val, val_y = raw.train, raw.train_labels, raw.val, raw.val_labels
-    if val is None:
-        frac = float(cfg["val_fraction"])
-        if not 0 < frac < 1:
-            raise UserError(f"data.val_fraction must be in (0, 1), got {frac}")
-        perm = np.random.default_rng(int(cfg["split_seed"])).permutation(train.shape[0])
-        n_val = max(1, int(round(frac * train.shape[0])))
-        val_idx, tr_idx = perm[:n_val], perm[n_val:]
-        val, val_y = train[val_idx], (train_y[val_idx] if train_y is not None else None)
-        train, train_y = train[tr_idx], (train_y[tr_idx] if train_y is not None else None)
-    if cfg.get("limit"):
-        n = int(cfg["limit"])
-        train, train_y = train[:n], (train_y[:n] if train_y is not None else None)
+    if raw.val is None:
+        train, train_y, val, val_y = holdout(raw.train, raw.train_labels, cfg["val_fraction"], cfg["split_seed"], cfg.get("limit"))
+    else:
+        (train, train_y), val, val_y = cap(raw.train, raw.train_labels, cfg.get("limit")), raw.val, raw.val_labels
     return ImageSplit(train, train_y, val, val_y, dataset, raw.num_classes)

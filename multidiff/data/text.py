@@ -20,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from ..errors import UserError
+from .splits import load_hub_dataset
 
 #: a verse reference at the start of a line of ``bible -f``: Ge1:1, 1Cor13:4, SSol2:1, ...
 VERSE_REF = re.compile(r"^[1-3]?[A-Za-z]+[0-9]+:[0-9]+ ", re.MULTILINE)
@@ -84,16 +85,7 @@ def load_path(path: str) -> Corpus:
 def load_hub(name: str, field: str = "text") -> Corpus:
     """A Hugging Face dataset's ``field`` column (rows joined by blank lines); its validation
     split, when it has one, is the held-out text. Needs a network or a local datasets cache."""
-    try:
-        import datasets
-
-        ds = datasets.load_dataset(name)
-    except Exception as exc:
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        raise UserError(
-            f"could not load dataset {name!r} through Hugging Face datasets ({type(exc).__name__}: {first}); "
-            f"offline, use data.source=kjv, pydoc or data.path=FILE.txt"
-        ) from None
+    ds = load_hub_dataset(name, offline_hint="use data.source=kjv, pydoc or data.path=FILE.txt")
     if "train" not in ds:
         raise UserError(f"dataset {name!r} has no 'train' split (splits: {', '.join(ds)})")
     if field not in ds["train"].features:

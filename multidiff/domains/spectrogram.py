@@ -21,6 +21,7 @@ from torch import Tensor
 
 from ..data import audio
 from ..diffusion.model import ContinuousDiffusion, DiffusionModel
+from ..data.splits import cap, holdout
 from ..errors import UserError
 from ..metrics.features import classifier_metrics
 from ..nets.unet import UNET_DEFAULTS, unet_from_config
@@ -155,16 +156,9 @@ class SpectrogramDomain(Domain):
         train, train_y = self.log_mel(source.clips), source.labels
         val, val_y = (self.log_mel(source.val, dither_seed=1), source.val_labels) if source.val is not None else (None, None)
         if val is None:  # a fixed split, independent of the training seed
-            frac = float(cfg["val_fraction"])
-            if not 0 < frac < 1:
-                raise UserError(f"data.val_fraction must be in (0, 1), got {frac}")
-            perm = np.random.default_rng(int(cfg["split_seed"])).permutation(train.shape[0])
-            n_val = max(1, int(round(frac * train.shape[0])))
-            val_idx, tr_idx = perm[:n_val], perm[n_val:]
-            val, val_y = train[val_idx], (train_y[val_idx] if train_y is not None else None)
-            train, train_y = train[tr_idx], (train_y[tr_idx] if train_y is not None else None)
-        if cfg["limit"]:
-            train, train_y = train[: int(cfg["limit"])], (train_y[: int(cfg["limit"])] if train_y is not None else None)
+            train, train_y, val, val_y = holdout(train, train_y, cfg["val_fraction"], cfg["split_seed"], cfg["limit"])
+        else:
+            train, train_y = cap(train, train_y, cfg["limit"])
         if train.shape[0] < 2:
             raise UserError(f"data: need at least 2 training clips, got {train.shape[0]}")
         saved = Path(run_dir) / STATS_FILE if run_dir is not None else None

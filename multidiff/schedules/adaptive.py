@@ -81,7 +81,7 @@ class Adaptive(BinnedSchedule):
         tilted = tilted / np.trapezoid(tilted, self.grid_u)
         return TabulatedDensity(u, (1 - self.params.floor) * tilted + self.params.floor * target)
 
-    def profile(self) -> dict[str, list[float]]:
+    def exported_profile(self) -> dict[str, list[float]]:
         if not self.ready():
             return {}
         return {"u": self.stats.centers.tolist(), "loss": self.loss_profile().tolist(), "counts": self.total_counts.tolist()}

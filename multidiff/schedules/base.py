@@ -186,7 +186,10 @@ class Schedule:
         u = self.grid(n)
         with torch.no_grad():
             pdf = self.pdf(u.to(self.device, torch.float32)).double().cpu()
-        dens = TabulatedDensity(u, pdf)
+        return self.table_from(TabulatedDensity(u, pdf))
+
+    def table_from(self, dens: Any, profile: Optional[dict[str, list[float]]] = None) -> ScheduleTable:
+        """The schedule-file table of a :class:`TabulatedDensity` (u, pdf, cdf as exported)."""
         return ScheduleTable(
             method=self.name,
             sigma_min=self.ctx.sigma_min,
@@ -194,6 +197,7 @@ class Schedule:
             u=dens.u64.tolist(),
             pdf=dens.p64.tolist(),
             cdf=dens.c64.tolist(),
+            profile=profile or {},
             params=_params_dict(self.params),
         )
 

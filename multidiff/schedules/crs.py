@@ -197,7 +197,7 @@ class CRS(LearnedSchedule):
         return (sq / count.clamp(min=1)).sqrt().cpu().numpy() / self.delta
 
     # ---- state and export -----------------------------------------------------------------------------
-    def profile(self) -> dict[str, list[float]]:
+    def exported_profile(self) -> dict[str, list[float]]:
         if self.speed is None:
             return {}
         return {"u": self.mids.tolist(), "speed": self.smoothed_speed().tolist(), "raw_speed": self.speed.tolist()}

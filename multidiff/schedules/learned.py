@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NonFiniteLossError
-from .base import Probe, Schedule, ScheduleContext, ScheduleTable, _params_dict, all_reduce_sum_, process_rank
+from .base import Probe, Schedule, ScheduleContext, ScheduleTable, all_reduce_sum_, process_rank
 from .tabulated import TabulatedDensity
 
 
@@ -96,7 +96,7 @@ class LearnedSchedule(Schedule):
     """The base density until the first refresh at or after the warm-up, then ``self.learned``.
 
     Subclasses build ``self.learned`` (a :class:`TabulatedDensity` over [ln σ_min, ln σ_max]) in
-    ``_rebuild`` and describe their estimate in ``profile()`` (lists over a grid ``u``, ln σ).
+    ``_rebuild`` and describe their estimate in ``exported_profile()`` (lists over a grid ``u``, ln σ).
     """
 
     def __init__(self, ctx: ScheduleContext, params: Any, base: Schedule) -> None:
@@ -141,7 +141,7 @@ class LearnedSchedule(Schedule):
         if self.active:
             info["tv"] = 0.5 * float(np.abs(self.segment_masses() - was).sum())
 
-    def profile(self) -> dict[str, list[float]]:
+    def exported_profile(self) -> dict[str, list[float]]:
         """The learned estimate for export (equal-length lists, including ``u``); empty before any."""
         return {}
 
@@ -152,16 +152,7 @@ class LearnedSchedule(Schedule):
             grid = torch.tensor(self._tv_grid)
             with torch.no_grad():
                 dens = TabulatedDensity(grid, self.base.pdf(grid.float().to(self.device)).double().cpu())
-        return ScheduleTable(
-            method=self.name,
-            sigma_min=self.ctx.sigma_min,
-            sigma_max=self.ctx.sigma_max,
-            u=dens.u64.tolist(),
-            pdf=dens.p64.tolist(),
-            cdf=dens.c64.tolist(),
-            profile=self.profile(),
-            params=_params_dict(self.params),
-        )
+        return self.table_from(dens, self.exported_profile())
 
 
 class BinnedSchedule(LearnedSchedule):
@@ -214,8 +205,13 @@ class BinnedSchedule(LearnedSchedule):
         info: dict[str, Any] = {"step": int(step), "bins_observed": int((counts > 0).sum())}
         if self.ready():
             self.switch(self._rebuild(), step, p.warmup, info)
+            info.update(self.refresh_info())
         self.history.append(info)
         return info
+
+    def refresh_info(self) -> dict[str, Any]:
+        """What a subclass adds to the refresh record (logged and written to refreshes.csv)."""
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         # tensors and primitives only, so checkpoints load with torch.load(weights_only=True)

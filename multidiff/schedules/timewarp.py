@@ -101,7 +101,7 @@ class Timewarp(BinnedSchedule):
             dens = np.ones_like(dens)
         return mix_floor(TabulatedDensity(torch.tensor(self.stats.edges), torch.tensor(dens)), self.params.floor, self.ctx)
 
-    def profile(self) -> dict[str, list[float]]:
+    def exported_profile(self) -> dict[str, list[float]]:
         if self.fitted is None:
             return {}
         return {
