@@ -316,3 +316,13 @@ def test_refresh_history_records_total_variation():
     s = smooth_observations(build_schedule("timewarp", {"warmup": 2, "refresh": 1}, CTX), steps=6)
     tvs = [h.get("tv") for h in s.history]
     assert tvs[0] is None and all(tv is not None for tv in tvs[1:])  # active from the warm-up on
+
+
+def test_compare_report_says_when_a_curriculum_never_finished():
+    from multidiff.report.compare_report import schedule_notes
+
+    s = build_schedule("curriculum", {"clusters": 5, "patience": 30}, CTX)
+    stuck = schedule_notes({"curriculum": s.to_table(), "edm": build_schedule("edm", {}, CTX).to_table()})
+    assert len(stuck) == 1 and "stage 1 of 5" in stuck[0] and "30-step" in stuck[0]
+    s.stage = 4  # the last stage: the plain base, nothing to warn about
+    assert schedule_notes({"curriculum": s.to_table()}) == []

@@ -173,6 +173,21 @@ def plot_profiles(groups: dict[str, list[Path]], tables: dict[str, ScheduleTable
     return path
 
 
+def schedule_notes(tables: dict[str, ScheduleTable]) -> list[str]:
+    """Plain-language remarks on how a schedule ended, where its final table alone would mislead."""
+    notes = []
+    for label, table in tables.items():
+        params = table.params or {}
+        if "stage" in params and "clusters" in params:
+            stage, clusters = int(params["stage"]), int(params["clusters"])
+            if stage < clusters - 1:
+                notes.append(f"{label}: ended at stage {stage + 1} of {clusters}, so it never trained on "
+                             f"the lowest-noise clusters; the smoothed loss kept improving within every "
+                             f"{params.get('patience', '?')}-step patience window. Give it a longer budget or a "
+                             f"smaller `schedule.patience` to see the full curriculum.")  # fmt: skip
+    return notes
+
+
 def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, title: str, seeds: list[int]) -> Path:
     """``out_dir/report.md`` (+ summary.json and PNGs) for ``groups``: label → run dirs, one per seed."""
     out_dir = Path(out_dir)
@@ -225,6 +240,9 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
               f"when {baseline} gets there first. Refresh cost = the wall time of a schedule refresh (including "
               "CRS's extra denoiser passes) in median training steps.", "",
               f"![NELBO curves]({curves.name})", ""]  # fmt: skip
+    notes = schedule_notes(tables)
+    if notes:
+        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     if dens:
         lines += [f"![training densities]({dens.name})", ""]
     if profiles:
