@@ -2,6 +2,7 @@
 end to end on the tiny recipe (8×8 digits → 2×4×4 latents)."""
 import json
 import math
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -258,7 +259,7 @@ def one_line_error(capsys, code: int) -> str:
     return err[0]
 
 
-def test_bad_latent_settings_are_one_line_errors(tmp_path, capsys):
+def test_bad_latent_settings_are_one_line_errors(tmp_path, capsys, monkeypatch):
     out = str(tmp_path / "x")
     base = ["train", str(TINY_RECIPE), "--out", out]
     msg = one_line_error(capsys, main(base + ["--set", "data.autoencoder.latent_chanels=3"]))
@@ -267,11 +268,9 @@ def test_bad_latent_settings_are_one_line_errors(tmp_path, capsys):
     assert "data.autoencoder.kind" in msg
     msg = one_line_error(capsys, main(base + ["--set", "data.normalize=scale"]))
     assert "data.normalize" in msg
-    try:
-        import diffusers  # noqa: F401
-    except ImportError:  # the pretrained path says what to install, in one line
-        msg = one_line_error(capsys, main(base + ["--set", "data.autoencoder.pretrained=stabilityai/sd-vae-ft-mse"]))
-        assert "diffusers" in msg and "pip install" in msg
+    monkeypatch.setitem(sys.modules, "diffusers", None)  # as if diffusers were not installed
+    msg = one_line_error(capsys, main(base + ["--set", "data.autoencoder.pretrained=stabilityai/sd-vae-ft-mse"]))
+    assert "diffusers" in msg and "pip install" in msg  # the pretrained path says what to install
     assert not (tmp_path / "x").exists()
 
 
