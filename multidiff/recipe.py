@@ -1,15 +1,20 @@
 """Recipes: one YAML file per domain and dataset, resolved against defaults and ``--set`` overrides.
 
 A recipe has the sections below. ``data`` is validated by the domain adapter, ``model`` by the
-backbone, ``schedule`` by the schedule registry; the others have fixed keys with the defaults
-listed here. Every problem is a :class:`UserError` that names the file and the key.
+backbone, ``schedule`` by the schedule registry; ``diffusion``, ``train``, ``eval`` and ``sample``
+have fixed keys whose defaults and checks are the typed sections here (:class:`DiffusionConfig`
+and friends). Every problem is a :class:`UserError` that names the file and the key.
 """
 from __future__ import annotations
 
 import copy
+import dataclasses
+import math
 import re
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Union
 
 import yaml
 
@@ -30,63 +35,182 @@ _Loader.add_implicit_resolver(
 def parse_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)
 
+
+# ---- the typed sections ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """The noise process. σ values are σ (not ln σ)."""
+
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_data: Optional[float] = None  # RMS of the encoded data; measured on the training split when null
+    weighting: str = "edm"  # fixed loss weight w(σ): edm | snr | uniform
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The optimization. Steps are optimizer steps."""
+
+    max_steps: int = 2000
+    batch_size: int = 64
+    lr: float = 2e-3
+    lr_warmup: int = 100  # steps of linear learning-rate warm-up
+    weight_decay: float = 0.0
+    grad_clip: Optional[float] = 1.0
+    ema_decay: float = 0.999  # EMA of weights, used for validation, sampling and evaluation
+    precision: Union[str, int] = "auto"  # auto: bf16-mixed on GPUs that support it, else 32-true
+    accelerator: str = "auto"
+    devices: Union[int, str, list] = 1
+    strategy: str = "auto"  # Lightning strategy for several devices: auto (DDP) | ddp | fsdp
+    compile: bool = False  # torch.compile the backbone (GPU recipes; slow to start on a CPU)
+    logger: Union[str, list] = "csv"  # csv (always) plus any of tensorboard, wandb, mlflow
+    log_every: int = 25
+    eval_every: int = 250  # steps between validation NELBO evaluations
+    checkpoint_every: int = 500
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Evaluation: NELBO quadrature and sample quality, identical for every schedule."""
+
+    nelbo_examples: int = 256  # fixed validation subset for the NELBO
+    nelbo_nodes: int = 32  # midpoint-rule nodes over ln σ (schedule-independent)
+    nelbo_sigma_min: Optional[float] = None  # σ where the bound decodes; null: the domain's choice
+    nelbo_seed: int = 1234
+    nelbo_batch: int = 128
+    quality_every: Optional[int] = None  # steps between sample-quality evaluations; null: train.eval_every; 0: final only
+    quality_samples: int = 512  # samples scored by the domain's sample metric (fixed noise, sampler and grid)
+    quality_seeds: int = 3  # sample seeds at the final evaluation; their spread is the metric's own noise
+
+
+@dataclass(frozen=True)
+class SampleConfig:
+    """The fixed sampler used for samples and for sample quality."""
+
+    n: int = 64
+    steps: int = 32
+    sampler: str = "heun"  # heun | euler
+    sigmas: str = "karras"  # karras | loguniform | learned | PATH.json
+    rho: float = 7.0
+    churn: float = 0.0
+    seed: int = 0
+    batch: int = 256
+
+
+@dataclass(frozen=True)
+class Sections:
+    """The typed view of a resolved recipe (the dict stays the record written to recipe.yaml)."""
+
+    name: str
+    domain: str
+    seed: int
+    diffusion: DiffusionConfig
+    train: TrainConfig
+    eval: EvalConfig
+    sample: SampleConfig
+    schedule: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def quality_every(self) -> int:
+        """Steps between sample-quality evaluations (0: only the final evaluation)."""
+        q = self.eval.quality_every
+        return self.train.eval_every if q is None else q
+
+
+SECTION_TYPES = {"diffusion": DiffusionConfig, "train": TrainConfig, "eval": EvalConfig, "sample": SampleConfig}
 SECTION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "diffusion": {
-        "sigma_min": 0.002,  # σ range (σ, not ln σ)
-        "sigma_max": 80.0,
-        "sigma_data": None,  # RMS of the encoded data; measured on the training split when null
-        "weighting": "edm",  # fixed loss weight w(σ): edm | snr | uniform
-    },
-    "train": {
-        "max_steps": 2000,
-        "batch_size": 64,
-        "lr": 2e-3,
-        "lr_warmup": 100,  # steps of linear learning-rate warm-up
-        "weight_decay": 0.0,
-        "grad_clip": 1.0,
-        "ema_decay": 0.999,  # EMA of weights, used for validation, sampling and evaluation
-        "precision": "32-true",
-        "accelerator": "auto",
-        "devices": 1,
-        "log_every": 25,
-        "eval_every": 250,  # steps between validation NELBO evaluations
-        "checkpoint_every": 500,
-        "progress_bar": True,
-    },
-    "eval": {
-        "nelbo_examples": 256,  # fixed validation subset for the NELBO
-        "nelbo_nodes": 32,  # midpoint-rule nodes over ln σ (schedule-independent)
-        "nelbo_sigma_min": None,  # σ where the bound decodes; null: the domain's choice, else diffusion.sigma_min
-        "nelbo_seed": 1234,
-        "nelbo_batch": 128,
-        "fd_samples": 512,  # generated samples for the Fréchet distance
-    },
-    "sample": {
-        "n": 64,
-        "steps": 32,
-        "sampler": "heun",  # heun | euler
-        "sigmas": "karras",  # karras | loguniform | learned | PATH.json
-        "rho": 7.0,
-        "churn": 0.0,
-        "seed": 0,
-        "batch": 256,
-    },
+    name: {f.name: f.default for f in dataclasses.fields(cls)} for name, cls in SECTION_TYPES.items()
 }
 TOP_LEVEL = {"name", "domain", "seed", "data", "model", "diffusion", "schedule", "train", "eval", "sample", "description"}
+#: renamed keys still read from older recipes and run directories: old → new
+RENAMED = {("eval", "fd_samples"): "quality_samples"}
+#: keys a resumed run (or a reused run in a comparison) may change
+RESUMABLE_KEYS = frozenset({
+    "train.max_steps", "train.accelerator", "train.devices", "train.precision", "train.strategy", "train.progress_bar",
+    "train.logger", "train.compile", "train.lr",
+})  # fmt: skip
+
+# value checks beyond the type: (predicate, what the value must be)
+_CHECKS: dict[tuple[str, str], tuple[Any, str]] = {
+    **{k: (lambda v: v > 0, "> 0") for k in [
+        ("diffusion", "sigma_min"), ("diffusion", "sigma_max"), ("train", "max_steps"), ("train", "batch_size"),
+        ("train", "lr"), ("train", "eval_every"), ("train", "checkpoint_every"), ("train", "log_every"),
+        ("eval", "nelbo_examples"), ("eval", "nelbo_nodes"), ("eval", "nelbo_batch"), ("eval", "quality_samples"),
+        ("eval", "quality_seeds"), ("sample", "n"), ("sample", "steps"), ("sample", "batch"), ("sample", "rho"),
+    ]},  # fmt: skip
+    ("diffusion", "sigma_data"): (lambda v: v is None or v > 0, "> 0 or null"),
+    ("diffusion", "weighting"): (lambda v: v in ("edm", "snr", "uniform"), "edm, snr or uniform"),
+    ("train", "lr_warmup"): (lambda v: v >= 0, ">= 0"),
+    ("train", "weight_decay"): (lambda v: v >= 0, ">= 0"),
+    ("train", "grad_clip"): (lambda v: v is None or v > 0, "> 0 or null"),
+    ("train", "ema_decay"): (lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("train", "strategy"): (lambda v: v in ("auto", "ddp", "fsdp"), "auto, ddp or fsdp"),
+    ("eval", "quality_every"): (lambda v: v is None or v >= 0, ">= 0 or null"),
+    ("eval", "nelbo_sigma_min"): (lambda v: v is None or v > 0, "> 0 or null"),
+    ("sample", "sampler"): (lambda v: v in ("heun", "euler"), "heun or euler"),
+    ("sample", "churn"): (lambda v: v >= 0, ">= 0"),
+    ("sample", "sigmas"): (lambda v: v in ("karras", "loguniform", "learned") or v.endswith(".json"),
+                           "karras, loguniform, learned or a schedule file (.json)"),
+}
 
 
-def load_recipe_file(path: str | Path) -> dict[str, Any]:
+def _allowed_types(hint: Any) -> tuple[type, ...]:
+    args = typing.get_args(hint)
+    types = args if args else (hint,)
+    out: list[type] = []
+    for t in types:
+        out += [int, float] if t is float else [typing.get_origin(t) or t]
+    return tuple(out)
+
+
+def _check_section(section: str, values: dict[str, Any], source: str) -> None:
+    hints = typing.get_type_hints(SECTION_TYPES[section])
+    for key, value in values.items():
+        allowed = _allowed_types(hints[key])
+        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+        if ok and isinstance(value, float) and not math.isfinite(value):
+            ok = False
+        if not ok:
+            raise UserError(f"recipe {source}: '{section}.{key}' has invalid value {value!r}")
+        check = _CHECKS.get((section, key))
+        if check and not check[0](value):
+            raise UserError(f"recipe {source}: '{section}.{key}' must be {check[1]}, got {value!r}")
+
+
+def sections(recipe: dict[str, Any]) -> Sections:
+    """The typed sections of a recipe that :func:`resolve` has checked."""
+    typed = {name: cls(**recipe[name]) for name, cls in SECTION_TYPES.items()}
+    return Sections(name=recipe["name"], domain=recipe["domain"], seed=int(recipe["seed"]), schedule=dict(recipe["schedule"]), **typed)
+
+
+# ---- reading and resolving -------------------------------------------------------------------------
+
+
+def read_text(path: Path, what: str) -> str:
+    """A text file's content, or a one-line error naming it (missing, unreadable, not UTF-8)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    except OSError as exc:
+        raise UserError(f"cannot read {what} {path}: {exc.strerror or exc}") from None
+
+
+def load_recipe_file(path: str | Path, what: str = "recipe") -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"recipe {path} not found")
+        raise UserError(f"{what} {path} not found")
     try:
-        raw = parse_yaml(path.read_text())
+        raw = parse_yaml(read_text(path, what))
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
-        raise UserError(f"recipe {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+        raise UserError(f"{what} {path} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
     if not isinstance(raw, dict):
-        raise UserError(f"recipe {path}: top level must be a mapping of sections")
+        raise UserError(f"{what} {path}: top level must be a mapping of sections")
     return raw
 
 
@@ -96,12 +220,10 @@ def resolve(raw: dict[str, Any], source: str, overrides: list[str] | None = None
     unknown = sorted(set(recipe) - TOP_LEVEL)
     if unknown:
         raise UserError(f"recipe {source}: unknown section {unknown[0]!r}; sections are {', '.join(sorted(TOP_LEVEL))}")
-    for key in ("name", "domain"):
-        if not isinstance(recipe.get(key), str) or not recipe[key]:
-            raise UserError(f"recipe {source}: '{key}' must be a non-empty string")
     recipe.setdefault("seed", 0)
     for section in ("data", "model"):
-        recipe.setdefault(section, {})
+        if recipe.get(section) is None:
+            recipe[section] = {}
     schedule = recipe.setdefault("schedule", {"name": "edm"})
     if isinstance(schedule, str):
         recipe["schedule"] = {"name": schedule}
@@ -109,18 +231,31 @@ def resolve(raw: dict[str, Any], source: str, overrides: list[str] | None = None
         given = recipe.get(section) or {}
         if not isinstance(given, dict):
             raise UserError(f"recipe {source}: section '{section}' must be a mapping")
+        given = {RENAMED.get((section, k), k): v for k, v in given.items()}
         bad = sorted(set(given) - set(defaults))
         if bad:
-            raise UserError(
-                f"recipe {source}: unknown key '{section}.{bad[0]}'; valid keys: {', '.join(sorted(defaults))}"
-            )
+            raise UserError(f"recipe {source}: unknown key '{section}.{bad[0]}'; valid keys: {', '.join(sorted(defaults))}")
         recipe[section] = {**defaults, **given}
+    for item in overrides or []:
+        apply_override(recipe, item)
+    for key in ("name", "domain"):
+        if not isinstance(recipe.get(key), str) or not recipe[key]:
+            raise UserError(f"recipe {source}: '{key}' must be a non-empty string")
     for section in ("data", "model", "schedule"):
         if not isinstance(recipe[section], dict):
             raise UserError(f"recipe {source}: section '{section}' must be a mapping")
-    for item in overrides or []:
-        apply_override(recipe, item)
-    _check_types(recipe, source)
+    for section in SECTION_TYPES:
+        _check_section(section, recipe[section], source)
+    d = recipe["diffusion"]
+    if not d["sigma_min"] < d["sigma_max"]:
+        raise UserError(f"recipe {source}: diffusion.sigma_min must be below diffusion.sigma_max")
+    q, every = recipe["eval"]["quality_every"], recipe["train"]["eval_every"]
+    if q and q % every:
+        raise UserError(f"recipe {source}: eval.quality_every ({q}) must be a multiple of train.eval_every ({every}): quality is measured at validation points")
+    if not isinstance(recipe["seed"], int) or isinstance(recipe["seed"], bool):
+        raise UserError(f"recipe {source}: 'seed' must be an integer")
+    if not isinstance(recipe["schedule"].get("name"), str):
+        raise UserError(f"recipe {source}: schedule.name must be a schedule name or a .json file")
     return recipe
 
 
@@ -142,61 +277,18 @@ def apply_override(recipe: dict[str, Any], item: str) -> None:
     section = parts[0]
     if section not in TOP_LEVEL or section in ("name", "seed", "domain", "description"):
         raise UserError(f"--set {key}: unknown section {section!r}; sections are data, model, diffusion, schedule, train, eval, sample")
-    if section in SECTION_DEFAULTS and parts[1] not in SECTION_DEFAULTS[section]:
-        raise UserError(f"--set {key}: unknown key; valid keys in '{section}': {', '.join(sorted(SECTION_DEFAULTS[section]))}")
+    if section in SECTION_DEFAULTS:
+        parts[1] = RENAMED.get((section, parts[1]), parts[1])
+        if parts[1] not in SECTION_DEFAULTS[section] or len(parts) > 2:
+            raise UserError(f"--set {key}: unknown key; valid keys in '{section}': {', '.join(sorted(SECTION_DEFAULTS[section]))}")
     node = recipe.setdefault(section, {})
+    if not isinstance(node, dict):
+        raise UserError(f"--set {key}: section '{section}' is not a mapping")
     for p in parts[1:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
             raise UserError(f"--set {key}: {p!r} is not a mapping")
     node[parts[-1]] = value
-
-
-_NUMBER = (int, float)
-_TYPES = {
-    "diffusion": {"sigma_min": _NUMBER, "sigma_max": _NUMBER, "sigma_data": (*_NUMBER, type(None)), "weighting": str},
-    "train": {
-        "max_steps": int, "batch_size": int, "lr": _NUMBER, "lr_warmup": int, "weight_decay": _NUMBER,
-        "grad_clip": (*_NUMBER, type(None)), "ema_decay": _NUMBER, "precision": (str, int),
-        "accelerator": str, "devices": (int, str, list), "log_every": int, "eval_every": int,
-        "checkpoint_every": int, "progress_bar": bool,
-    },
-    "eval": {
-        "nelbo_examples": int, "nelbo_nodes": int, "nelbo_sigma_min": (*_NUMBER, type(None)), "nelbo_seed": int,
-        "nelbo_batch": int, "fd_samples": int,
-    },
-    "sample": {
-        "n": int, "steps": int, "sampler": str, "sigmas": str, "rho": _NUMBER, "churn": _NUMBER, "seed": int,
-        "batch": int,
-    },
-}  # fmt: skip
-_POSITIVE = {
-    ("diffusion", "sigma_min"), ("diffusion", "sigma_max"), ("train", "max_steps"), ("train", "batch_size"),
-    ("train", "lr"), ("train", "eval_every"), ("train", "checkpoint_every"), ("train", "log_every"),
-    ("eval", "nelbo_examples"), ("eval", "nelbo_nodes"), ("eval", "nelbo_batch"), ("sample", "n"),
-    ("sample", "steps"), ("sample", "batch"),
-}  # fmt: skip
-
-
-def _check_types(recipe: dict[str, Any], source: str) -> None:
-    for section, types in _TYPES.items():
-        for key, expected in types.items():
-            value = recipe[section][key]
-            if (isinstance(value, bool) and expected is not bool) or not isinstance(value, expected):
-                raise UserError(f"recipe {source}: '{section}.{key}' has invalid value {value!r}")
-            if (section, key) in _POSITIVE and not value > 0:
-                raise UserError(f"recipe {source}: '{section}.{key}' must be > 0, got {value!r}")
-    d = recipe["diffusion"]
-    if not d["sigma_min"] < d["sigma_max"]:
-        raise UserError(f"recipe {source}: diffusion.sigma_min must be below diffusion.sigma_max")
-    if d["sigma_data"] is not None and not d["sigma_data"] > 0:
-        raise UserError(f"recipe {source}: diffusion.sigma_data must be > 0 or null")
-    if not isinstance(recipe["seed"], int) or isinstance(recipe["seed"], bool):
-        raise UserError(f"recipe {source}: 'seed' must be an integer")
-    if recipe["sample"]["sampler"] not in ("heun", "euler"):
-        raise UserError(f"recipe {source}: sample.sampler must be heun or euler")
-    if not isinstance(recipe["schedule"].get("name"), str):
-        raise UserError(f"recipe {source}: schedule.name must be a schedule name or a .json file")
 
 
 def select_schedule(recipe: dict[str, Any], name: str) -> dict[str, Any]:
@@ -213,5 +305,21 @@ def select_schedule(recipe: dict[str, Any], name: str) -> dict[str, Any]:
     return out
 
 
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} → {'a.b': 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        out.update(flatten(v, key + ".") if isinstance(v, dict) else {key: v})
+    return out
+
+
+def differences(stored: dict[str, Any], new: dict[str, Any], allowed: frozenset[str] = RESUMABLE_KEYS) -> list[str]:
+    """Keys (dotted) whose values differ between two resolved recipes, except ``allowed`` ones."""
+    a, b = flatten(stored), flatten(new)
+    skip = {"description"}
+    return sorted(k for k in set(a) | set(b) if k not in allowed and k not in skip and a.get(k) != b.get(k))
+
+
 def dump(recipe: dict[str, Any]) -> str:
-    return yaml.safe_dump(recipe, sort_keys=False)
+    return yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)

@@ -285,10 +285,10 @@ def test_edm_and_infonoise_runs_write_wavs_of_the_stated_rate_and_length(runs):
     rate, seconds, n = recipe["data"]["sample_rate"], recipe["data"]["duration"], recipe["sample"]["n"]
     peaks = {}
     for name in ("infonoise", "edm"):
-        run = runs / name
+        run = runs / name / "seed0"
         ev = json.loads((run / "eval.json").read_text())
         assert ev["schedule"] == name and ev["domain"] == "spectrogram" and ev["nelbo_unit"] == "bits/bin"
-        assert math.isfinite(ev["nelbo"]) and ev["fd"] > 0 and sum(ev["sample_class_histogram"]) == recipe["eval"]["fd_samples"]
+        assert math.isfinite(ev["nelbo"]) and ev["fd"] > 0 and sum(ev["sample_class_histogram"]) == recipe["eval"]["quality_samples"]
         assert ev["classes"] == list(audio.DIGIT_WORDS) and ev["classifier"]["val_accuracy"] >= 0.9
         assert ev["samples"] == ["samples/final.png", "samples/final.npy", "samples/final"]
         assert ev["headline"]["classes covered"] == sum(c > 0 for c in ev["sample_class_histogram"])
@@ -302,12 +302,12 @@ def test_edm_and_infonoise_runs_write_wavs_of_the_stated_rate_and_length(runs):
         assert abs(resolved["diffusion"]["sigma_data"] - 1) < 0.01
         peaks[name] = json.loads((run / "schedule.json").read_text())["pdf"]
     assert peaks["infonoise"] != peaks["edm"]
-    md = (runs / "comparison.md").read_text()
+    md = (runs / "report.md").read_text()
     assert "| infonoise |" in md and "classes covered" in md and "labels of 24 samples: zero" in md
 
 
 def test_sample_and_eval_commands_on_an_audio_run(runs):
-    run = runs / "infonoise"
+    run = runs / "infonoise" / "seed0"
     assert main(["sample", str(run), "--n", "3", "--steps", "2", "--seed", "4"]) == 0
     wavs = sorted((run / "samples" / "karras-heun2-seed4").glob("*.wav"))
     assert len(wavs) == 3

@@ -24,10 +24,10 @@ def run(tmp_path_factory):
 def test_run_directory_layout(run):
     for rel in ["recipe.yaml", "metrics.csv", "schedule.json", "eval.json", "checkpoints/last.ckpt",
                 "checkpoints/step0000010.ckpt", "checkpoints/step0000020.ckpt", "schedule_history/refreshes.csv",
-                "schedule_history/step0000020.json", "plots/schedule.png", "plots/nelbo.png", "samples/final.png",
-                "samples/final.npy"]:  # fmt: skip
+                "schedule_history/step0000020.json", "plots/schedule.png", "plots/curves.png", "samples/final.png",
+                "samples/final.npy", "timing.json"]:  # fmt: skip
         assert (run / rel).is_file(), rel
-    for png in ["plots/schedule.png", "plots/nelbo.png", "samples/final.png"]:
+    for png in ["plots/schedule.png", "plots/curves.png", "samples/final.png"]:
         assert Image.open(run / png).size[0] > 100
     ev = json.loads((run / "eval.json").read_text())
     assert ev["step"] == 20 and ev["schedule"] == "infonoise" and ev["nelbo_unit"] == "bits/pixel"
@@ -39,11 +39,17 @@ def test_run_directory_layout(run):
     rows = (run / "schedule_history" / "refreshes.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == ["5", "10", "15", "20"]
     metrics = (run / "metrics.csv").read_text()
-    assert "val/nelbo" in metrics and "train/loss" in metrics
+    assert "val/nelbo" in metrics and "train/loss" in metrics and "quality/fd" in metrics
     # eval.json's NELBO is the validation NELBO of the final weights: same subset, nodes and noise
     with (run / "metrics.csv").open(newline="") as f:
         last_val = [row for row in csv.DictReader(f) if row.get("val/nelbo")][-1]
     assert int(last_val["step"]) + 1 == 20 and float(last_val["val/nelbo"]) == pytest.approx(ev["nelbo"], rel=1e-4)
+    # ... and its sample quality is the last point of the quality curve: same weights, samples and seed
+    with (run / "metrics.csv").open(newline="") as f:
+        last_q = [row for row in csv.DictReader(f) if row.get("quality/fd")][-1]
+    assert int(last_q["step"]) + 1 == 20 and float(last_q["quality/fd"]) == pytest.approx(ev["quality"]["fd"], rel=1e-4)
+    noise = ev["quality_noise"]["fd"]
+    assert len(noise["values"]) == 3 and noise["values"][0] == ev["fd"] and noise["sd"] > 0
 
 
 def test_sample_eval_and_schedule_commands(run, tmp_path, capsys):
@@ -76,17 +82,22 @@ def test_learned_schedule_file_trains_a_new_run_frozen(run, tmp_path):
     assert frozen.pdf == learned.pdf and (out / "eval.json").is_file()
 
 
-def test_compare_to_edm_writes_a_comparison(tmp_path):
+def test_compare_to_edm_writes_the_comparison_report(tmp_path):
+    """`train --compare-to` is `compare` with two schedules and one seed: the same report."""
     out = tmp_path / "cmp"
-    assert main(tiny_train_args(out, steps=10) + ["--compare-to", "edm"]) == 0
-    md = (out / "comparison.md").read_text()
-    assert "| infonoise |" in md and "| edm |" in md and "speedup" in md.lower()
-    assert (out / "comparison.png").is_file()
-    base = json.loads((out / "edm" / "eval.json").read_text())
+    assert main(tiny_train_args(out, steps=10, extra=("schedule.warmup=4", "schedule.refresh=4")) + ["--compare-to", "edm"]) == 0
+    md = (out / "report.md").read_text()
+    assert "| infonoise |" in md and "| edm |" in md and "speedup" in md.lower() and "one seed" in md
+    for png in ("curves.png", "densities.png", "profiles.png"):
+        assert (out / png).is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["baseline"] == "edm" and summary["seeds"] == [0]
+    assert set(summary["schedules"]["infonoise"]["metrics"]) == {"nelbo", "fd"}
+    base = json.loads((out / "edm" / "seed0" / "eval.json").read_text())
     assert base["schedule"] == "edm"
     # identical seeds and budget: both runs start from the same weights and see the same batches
-    a = torch.load(out / "infonoise" / "checkpoints" / "step0000010.ckpt", weights_only=False)
-    b = torch.load(out / "edm" / "checkpoints" / "step0000010.ckpt", weights_only=False)
+    a = torch.load(out / "infonoise" / "seed0" / "checkpoints" / "step0000010.ckpt", weights_only=False)
+    b = torch.load(out / "edm" / "seed0" / "checkpoints" / "step0000010.ckpt", weights_only=False)
     assert a["global_step"] == b["global_step"] == 10
 
 

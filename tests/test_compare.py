@@ -41,11 +41,15 @@ def test_compare_writes_a_report_over_schedules_and_seeds(campaign):
         assert f"({png})" in md
     summary = json.loads((campaign / "summary.json").read_text())
     assert summary["baseline"] == "edm" and summary["seeds"] == [0, 1]
-    edm = summary["schedules"]["edm"]
-    assert edm["reached"] == 2 and edm["speedup"][0] == pytest.approx(1.0)
-    crs = summary["schedules"]["crs"]
-    evals = [json.loads((campaign / "crs" / f"seed{s}" / "eval.json").read_text())["nelbo"] for s in (0, 1)]
-    assert crs["nelbo"][0] == pytest.approx(sum(evals) / 2)  # the mean over seeds
+    crs = summary["schedules"]["crs"]["metrics"]
+    evals = [json.loads((campaign / "crs" / f"seed{s}" / "eval.json").read_text()) for s in (0, 1)]
+    assert crs["nelbo"]["final"] == [e["nelbo"] for e in evals]  # every per-seed value is kept
+    assert crs["nelbo"]["mean"] == pytest.approx(sum(e["nelbo"] for e in evals) / 2)  # the mean over seeds
+    assert crs["fd"]["final"] == [e["quality"]["fd"] for e in evals]
+    for key in ("nelbo", "fd"):  # a speedup and a paired difference per metric, with per-seed values
+        assert len(crs[key]["speedup_per_seed"]) == 2 and set(crs[key]["speedup"]) >= {"mean", "interval", "verdict"}
+        assert len(crs[key]["difference"]["diffs"]) == 2
+    assert "speedup" not in summary["schedules"]["edm"]["metrics"]["nelbo"]  # the baseline is not raced against itself
     # the schedule.KEY override reached the schedule that has the key (crs), and only it
     recipe = (campaign / "crs" / "seed0" / "recipe.yaml").read_text()
     assert "bins: 16" in recipe and "bins" not in (campaign / "edm" / "seed0" / "recipe.yaml").read_text()

@@ -218,7 +218,7 @@ def test_domain_normalizes_latents_and_reads_its_statistics_back_from_the_run(tm
 def tiny_latent_args(out: Path, steps: int) -> list[str]:
     args = ["train", str(TINY_RECIPE), "--out", str(out), "--max-steps", str(steps)]
     for item in ("train.progress_bar=false", "train.eval_every=3", "train.checkpoint_every=3", "train.log_every=2",
-                 "eval.nelbo_examples=32", "eval.nelbo_nodes=8", "eval.fd_samples=64", "sample.n=16", "sample.steps=4",
+                 "eval.nelbo_examples=32", "eval.nelbo_nodes=8", "eval.quality_samples=64", "sample.n=16", "sample.steps=4",
                  "train.batch_size=32", "schedule.warmup=2", "schedule.refresh=2", "schedule.bins=16", "schedule.min_count=2"):  # fmt: skip
         args += ["--set", item]
     return args
@@ -229,7 +229,7 @@ def test_edm_and_infonoise_train_on_latents_and_decode_to_images(tmp_path):
     assert main(tiny_latent_args(out, steps=6) + ["--compare-to", "edm"]) == 0
     keys = set()
     for label in ("infonoise", "edm"):
-        run = out / label
+        run = out / label / "seed0"
         ev = json.loads((run / "eval.json").read_text())
         assert ev["schedule"] == label and ev["step"] == 6 and ev["nelbo_unit"] == "bits/latent dim"
         assert math.isfinite(ev["nelbo"]) and ev["fd"] > 0 and sum(ev["sample_class_histogram"]) == 64
@@ -244,11 +244,11 @@ def test_edm_and_infonoise_train_on_latents_and_decode_to_images(tmp_path):
         recipe = (run / "recipe.yaml").read_text()
         assert "latent_channels: 2" in recipe and "normalize: channel" in recipe  # resolved, nested section included
     assert len(keys) == 1  # both runs diffuse the same latents
-    md = (out / "comparison.md").read_text()
+    md = (out / "report.md").read_text()
     assert "| infonoise |" in md and "| edm |" in md and "PSNR" in md
 
-    assert main(["sample", str(out / "edm"), "--n", "5", "--steps", "3", "--seed", "2"]) == 0
-    more = np.load(out / "edm" / "samples" / "karras-heun3-seed2.npy")
+    assert main(["sample", str(out / "edm" / "seed0"), "--n", "5", "--steps", "3", "--seed", "2"]) == 0
+    more = np.load(out / "edm" / "seed0" / "samples" / "karras-heun3-seed2.npy")
     assert more.shape == (5, 1, 8, 8) and 0 <= more.min() and more.max() <= 1
 
 

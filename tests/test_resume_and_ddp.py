@@ -50,8 +50,10 @@ def test_resume_continues_exactly(tmp_path):
 def test_resume_refuses_a_changed_recipe(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(tiny_train_args(out, steps=10)) == 0
-    assert main(tiny_train_args(out, steps=20, extra=("train.lr=0.1",)) + ["--resume"]) == 2
-    assert "train.lr" in capsys.readouterr().err
+    before = (out / "recipe.yaml").read_bytes()
+    assert main(tiny_train_args(out, steps=20, extra=("train.batch_size=8",)) + ["--resume"]) == 2
+    assert "train.batch_size" in capsys.readouterr().err
+    assert (out / "recipe.yaml").read_bytes() == before  # a refused resume leaves the run as it was
 
 
 # ---- two processes (gloo): identical tables, equal to one process seeing everything -------------------

@@ -54,8 +54,13 @@ def corrupt(data):
     yield "ends", lambda d: d.update(cdf=[0.5 * c for c in d["cdf"]]), "must run from 0 to 1"
     yield "inconsistent", lambda d: d.update(pdf=[2 * p for p in d["pdf"]]), "inconsistent"
     yield "sigma", lambda d: d.update(sigma_max=-1), "field 'sigma_max'"
-    yield "profile", lambda d: d["profile"]["rate"].pop(), "field 'profile' has lists of different lengths"
+    yield "profile", lambda d: d["profile"]["rate"].pop(), "field 'profile.rate' has 95 values but 'profile.u' has 96"
     yield "gate", lambda d: d["gate"].update(c=0), "field 'gate.c'"
+    # each of these passed `schedule show` before (or raised a traceback)
+    yield "step", lambda d: d.update(step="abc"), "field 'step' must be a non-negative integer"
+    yield "method", lambda d: d.update(method=None), "field 'method' must be a non-empty string"
+    yield "short profile", lambda d: d.update(profile={"rate": [1.0, 2.0]}), "field 'profile.rate' has 2 values but 'u' has"
+    yield "gate n", lambda d: d["gate"].update(n="x"), "field 'gate.n'"
 
 
 CASES = list(corrupt(None))

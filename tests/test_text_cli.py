@@ -23,7 +23,7 @@ def tiny_text_args(out: Path, steps: int = 10, extra: tuple[str, ...] = ()) -> l
         "data.max_chars=100000", "data.vocab_size=300", "data.seq_len=16", "model.embed_dim=16", "model.width=32",
         "model.layers=1", "train.batch_size=8", "train.progress_bar=false", "train.eval_every=5",
         "train.checkpoint_every=5", "train.log_every=5", "eval.nelbo_examples=8", "eval.nelbo_nodes=4",
-        "eval.fd_samples=16", "sample.n=4", "sample.steps=4", "schedule.warmup=4", "schedule.refresh=2",
+        "eval.quality_samples=16", "sample.n=4", "sample.steps=4", "schedule.warmup=4", "schedule.refresh=2",
         "schedule.bins=16", "schedule.min_count=2", *extra,
     ):  # fmt: skip
         args += ["--set", item]
@@ -39,8 +39,8 @@ def runs(tmp_path_factory):
 
 @pytest.mark.parametrize("schedule", ["infonoise", "edm"])
 def test_both_schedules_train_and_export(runs, schedule, tmp_path):
-    run = runs / schedule
-    for rel in ["recipe.yaml", "tokenizer.json", "schedule.json", "eval.json", "checkpoints/last.ckpt", "samples/final.txt", "samples/final.npy", "plots/nelbo.png"]:
+    run = runs / schedule / "seed0"
+    for rel in ["recipe.yaml", "tokenizer.json", "schedule.json", "eval.json", "checkpoints/last.ckpt", "samples/final.txt", "samples/final.npy", "plots/curves.png"]:
         assert (run / rel).is_file(), rel
     table = load_schedule_file(run / "schedule.json").table
     assert table.method == schedule and table.step == 10 and (table.sigma_min, table.sigma_max) == (1.0, 300.0)
@@ -64,9 +64,10 @@ def test_both_schedules_train_and_export(runs, schedule, tmp_path):
 
 
 def test_comparison_shows_text_metrics_and_samples(runs):
-    md = (runs / "comparison.md").read_text()
+    md = (runs / "report.md").read_text()
     assert "| infonoise |" in md and "| edm |" in md and "NELBO bits/char" in md and "## Samples" in md
-    assert "[final.txt](infonoise/samples/final.txt)" in md
+    assert "[final.txt](infonoise/seed0/samples/final.txt)" in md
+    assert "sample n-gram NLL (bits/token)" in md and "diagnostic" in md  # the entropy ratio gets no speedup
 
 
 def test_sample_and_eval_reuse_the_saved_tokenizer(runs, monkeypatch):
@@ -74,7 +75,7 @@ def test_sample_and_eval_reuse_the_saved_tokenizer(runs, monkeypatch):
         raise AssertionError("the tokenizer was fitted again instead of read from the run")
 
     monkeypatch.setattr(BPETokenizer, "fit", classmethod(refit))
-    run = runs / "infonoise"
+    run = runs / "infonoise" / "seed0"
     before = json.loads((run / "eval.json").read_text())
     assert main(["sample", str(run), "--n", "3", "--steps", "5", "--sigmas", "learned", "--seed", "2"]) == 0
     assert (run / "samples" / "learned-euler5-seed2.txt").read_text().count("--- sample ") == 3

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..files import atomic_torch_save
 from ..metrics.features import cache_root
 from ..nets.autoencoder import KINDS, autoencoder_from_config, map_batches, train_autoencoder
 
@@ -102,12 +103,9 @@ def _stderr(msg: str) -> None:
 
 
 def _save(path: Path, net: nn.Module, key: str, info: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
     payload = {"format": CACHE_FORMAT, "version": CACHE_VERSION, "key": key, "config": net.config(),
                "state_dict": net.state_dict(), "info": info}  # fmt: skip
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a concurrent reader never sees half a file
+    atomic_torch_save(path, payload)  # a concurrent reader never sees half a file, writers never collide
 
 
 def _load(path: Path) -> Autoencoder:

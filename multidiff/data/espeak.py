@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..files import atomic_write_text
 from .audio import DIGIT_WORDS
 
 #: espeak-ng's own English voices (the MBROLA ones need extra packages and fall back silently).
@@ -109,11 +111,14 @@ def synthesize_digits(settings: SynthSettings, cache_dir: Path, workers: int = 2
     todo = [e for e in entries if not (folder / e["file"]).is_file()]  # an interrupted run's clips are kept
 
     def one(e: dict[str, Any]) -> None:
-        tmp = folder / f".{e['file']}.tmp.wav"
+        fd, name = tempfile.mkstemp(prefix=f".{e['file']}.", suffix=".tmp.wav", dir=folder)  # unique per writer
+        os.close(fd)
+        tmp = Path(name)
         voice = e["voice"] + (f"+{e['variant']}" if e["variant"] else "")
         cmd = [exe, "-v", voice, "-s", str(e["speed"]), "-p", str(e["pitch"]), "-w", str(tmp), e["word"]]
         done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0 or not tmp.is_file():
+        if done.returncode != 0 or not tmp.stat().st_size:
+            tmp.unlink(missing_ok=True)
             raise UserError(f"espeak-ng failed for {' '.join(cmd[1:-3])} ({done.stderr.strip() or done.returncode})")
         os.replace(tmp, folder / e["file"])
 
@@ -121,9 +126,7 @@ def synthesize_digits(settings: SynthSettings, cache_dir: Path, workers: int = 2
         list(pool.map(one, todo))
     record = {"format": "multidiff.espeak_digits", "version": 1, "espeak": espeak_version(exe),
               "settings": asdict(settings), "clips": entries}  # fmt: skip
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    os.replace(tmp, manifest)  # written last: a manifest means the set is complete
+    atomic_write_text(manifest, json.dumps(record, indent=1))  # written last: a manifest means the set is complete
     return folder, entries, len(todo)
 
 

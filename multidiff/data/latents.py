@@ -27,6 +27,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..metrics.features import cache_root
 from ..nets.autoencoder import psnr
+from ..files import atomic_torch_save
 from .autoencoders import Autoencoder, tensor_fingerprint
 
 NORM_MODES = ("channel", "global", "none")
@@ -49,10 +50,7 @@ def encoded_latents(ae: Autoencoder, train_images: Tensor, val_images: Tensor) -
         "train": psnr(head, ae.decode(out["train"][: head.shape[0]])),
         "val": psnr(val_images, ae.decode(out["val"])),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, path)
+    atomic_torch_save(path, out)  # unique temporary name: concurrent runs never collide
     return out
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor
@@ -51,6 +51,9 @@ class Domain:
     model_defaults: dict[str, Any] = {}
     #: eval.json keys worth a headline (printed after training, columns of the comparison) → label
     headline_metrics: dict[str, str] = {"fd": "Fréchet distance"}
+    #: sample metrics tracked during training (keys of :meth:`sample_metrics`' result) → which way is
+    #: better: "lower", "higher", or None for a diagnostic that gets a curve but no speedup
+    quality_metrics: dict[str, Optional[str]] = {"fd": "lower"}
 
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
         self.data_cfg = self._with_defaults("data", recipe.get("data") or {}, self.data_defaults)
@@ -107,6 +110,18 @@ class Domain:
     def write_samples(self, decoded: Tensor, out_dir: Path, tag: str) -> list[Path]:
         raise NotImplementedError
 
+    def make_metric(self, data: DomainData) -> Callable[[Tensor], dict[str, Any]]:
+        """The domain's sample metric against held-out data, with whatever it needs (an evaluation
+        classifier, a reference model) made now; UserError when the data cannot support it."""
+        return lambda decoded: {}
+
+    def prepare_metrics(self, data: DomainData) -> None:
+        """Make the sample metric once, before training (so a metric that cannot be made is refused
+        before a run directory exists, and evaluations during training pay only for the samples)."""
+        self._metric = self.make_metric(data)
+
     def sample_metrics(self, decoded: Tensor, data: DomainData) -> dict[str, Any]:
         """Domain metrics of decoded samples against held-out data (e.g. Fréchet distance)."""
-        return {}
+        if getattr(self, "_metric", None) is None:
+            self.prepare_metrics(data)
+        return self._metric(decoded)

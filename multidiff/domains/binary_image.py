@@ -6,7 +6,7 @@ to the ±1 gap, a pixel is known), which EDM's image-tuned log-normal does not t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -15,7 +15,7 @@ from torch import Tensor
 
 from ..data import images
 from ..diffusion.model import ContinuousDiffusion, DiffusionModel
-from ..metrics.features import classifier_metrics
+from ..metrics.features import ClassifierScore
 from ..nets.unet import UNET_DEFAULTS, unet_from_config
 from .base import Domain, DomainData
 from .grids import save_grid_png
@@ -70,5 +70,5 @@ class BinaryImageDomain(Domain):
         png = save_grid_png((decoded + 1) / 2, out_dir / f"{tag}.png")
         return [png, npy]
 
-    def sample_metrics(self, decoded: Tensor, data: DomainData) -> dict[str, Any]:
-        return classifier_metrics(f"binary_image-{data.fingerprint}", decoded, data)
+    def make_metric(self, data: DomainData) -> Callable[[Tensor], dict[str, Any]]:
+        return ClassifierScore(f"binary_image-{data.fingerprint}", data).prepare()

@@ -17,7 +17,7 @@ In the autoencoder's raw latent units add the mean of log2(scale[c]) over latent
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from ..data.autoencoders import Autoencoder, check_config, obtain_autoencoder, s
 from ..data.latents import NORM_FILE, NORM_MODES, LatentNorm, encoded_latents
 from ..diffusion.model import ContinuousDiffusion, DiffusionModel
 from ..errors import UserError
-from ..metrics.features import classifier_metrics
+from ..metrics.features import ClassifierScore
 from ..nets.autoencoder import AUTOENCODER_DEFAULTS
 from ..nets.unet import UNET_DEFAULTS, unet_from_config
 from .base import Domain, DomainData
@@ -169,24 +169,30 @@ class LatentImageDomain(Domain):
         png = save_grid_png(decoded, out_dir / f"{tag}.png")
         return [png, npy]
 
-    def sample_metrics(self, decoded: Tensor, data: DomainData) -> dict[str, Any]:
+    def make_metric(self, data: DomainData) -> Callable[[Tensor], dict[str, Any]]:
         """Fréchet distance of decoded samples against held-out images, with the autoencoder's own floor.
 
-        The floor is the same distance for the autoencoder's reconstructions of as many held-out
-        images: samples cannot be expected to beat it, since every sample passes the same decoder.
+        The floor is the same distance for the autoencoder's reconstructions of held-out images
+        (as many as the metric's samples, up to the split's size): samples cannot be expected to beat
+        it, since every sample passes the same decoder.
         """
         image_data: DomainData = data.info["images"]
-        key = f"images-{tensor_fingerprint(image_data.train, image_data.val)}"
-        out = classifier_metrics(key, decoded, image_data)
-        n = min(decoded.shape[0], data.val.shape[0])
-        recon = LatentDecoder(data.info["autoencoder"], data.info["norm"])(data.val[:n])
-        floor = classifier_metrics(key, recon, image_data)
-        ae = {**data.info["autoencoder_info"], "fd_reconstructions": floor["fd"], "fd_reconstructions_n": n}
-        out["autoencoder"] = ae
-        shape = "×".join(str(s) for s in ae["latent_shape"])
-        out["notes"] = [
-            f"Autoencoder ({ae['kind']}, latents {shape}): PSNR {ae['psnr_val']:.2f} dB on held-out images "
-            f"({ae['psnr_train']:.2f} dB on training images); Fréchet distance of its reconstructions "
-            f"{floor['fd']:.4g}, the floor for decoded samples."
-        ]
-        return out
+        score = ClassifierScore(f"images-{tensor_fingerprint(image_data.train, image_data.val)}", image_data).prepare()
+        floors: dict[int, float] = {}
+
+        def metric(decoded: Tensor) -> dict[str, Any]:
+            out = score(decoded)
+            n = min(decoded.shape[0], data.val.shape[0])
+            if n not in floors:
+                floors[n] = score(LatentDecoder(data.info["autoencoder"], data.info["norm"])(data.val[:n]))["fd"]
+            ae = {**data.info["autoencoder_info"], "fd_reconstructions": floors[n], "fd_reconstructions_n": n}
+            out["autoencoder"] = ae
+            shape = "×".join(str(s) for s in ae["latent_shape"])
+            out["notes"] = [
+                f"Autoencoder ({ae['kind']}, latents {shape}): PSNR {ae['psnr_val']:.2f} dB on held-out images "
+                f"({ae['psnr_train']:.2f} dB on training images); Fréchet distance of its reconstructions "
+                f"{floors[n]:.4g}, the floor for decoded samples."
+            ]
+            return out
+
+        return metric

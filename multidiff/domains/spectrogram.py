@@ -13,7 +13,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ from ..data import audio
 from ..diffusion.model import ContinuousDiffusion, DiffusionModel
 from ..data.splits import cap, holdout
 from ..errors import UserError
-from ..metrics.features import classifier_metrics
+from ..metrics.features import ClassifierScore
 from ..nets.unet import UNET_DEFAULTS, unet_from_config
 from .base import Domain, DomainData
 from .grids import save_grid_png
@@ -43,6 +43,7 @@ class SpectrogramDomain(Domain):
     # noise are identical. ``eval.json``'s ``nelbo_db_offset`` converts it to dB units.
     nelbo_unit = "bits/bin"
     headline_metrics = {"fd": "Fréchet distance", "classes_covered": "classes covered"}
+    quality_metrics = {"fd": "lower", "classes_covered": None}
     data_defaults = {
         "source": "espeak",  # espeak | folder | hub; a data.path that is a folder implies folder
         "path": None,  # folder of .wav/.flac/.ogg (labels = sub-folder names), or the hub dataset id
@@ -231,10 +232,14 @@ class SpectrogramDomain(Domain):
         rgb = colormaps["magma"](v.numpy())[..., :3]
         return torch.from_numpy(rgb).float().permute(0, 3, 1, 2)
 
-    def sample_metrics(self, decoded: Tensor, data: DomainData) -> dict[str, Any]:
+    def make_metric(self, data: DomainData) -> Callable[[Tensor], dict[str, Any]]:
+        score = ClassifierScore(classifier_key(data), classifier_data(data), steps=CLASSIFIER_STEPS).prepare()
+        return lambda decoded: self._score(score, decoded, data)
+
+    def _score(self, score: ClassifierScore, decoded: Tensor, data: DomainData) -> dict[str, Any]:
         """Fréchet distance and label histogram in the evaluation classifier (see :func:`classifier_view`)."""
         assert self.stats is not None
-        out = classifier_metrics(classifier_key(data), classifier_view(decoded), classifier_data(data), steps=CLASSIFIER_STEPS)
+        out = score(classifier_view(decoded))
         out["classes"] = data.info.get("classes") if data.train_labels is not None else None
         hist = out["sample_class_histogram"]
         out["classes_covered"] = int(sum(1 for c in hist if c > 0))

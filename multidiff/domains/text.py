@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -25,7 +25,7 @@ from ..data.text_tokenizers import BPETokenizer, CharTokenizer, TextTokenizer, e
 from ..diffusion.categorical import CategoricalDiffusion
 from ..diffusion.model import DiffusionModel
 from ..errors import UserError
-from ..metrics.text import text_sample_metrics
+from ..metrics.text import TextSampleScore
 from ..nets.transformer import TRANSFORMER_DEFAULTS, transformer_from_config
 from .base import Domain, DomainData
 
@@ -48,6 +48,9 @@ class TextDomain(Domain):
         "ngram_nll": "sample n-gram NLL (bits/token)",
         "entropy_ratio": "sample/data unigram entropy",
     }
+    # lower n-gram NLL = closer to the training text; the entropy ratio is a diagnostic (near 1 is
+    # right, well below 1 flags repetition), tracked but not raced to
+    quality_metrics = {"ngram_nll": "lower", "entropy_ratio": None}
     data_defaults = {
         "source": "kjv",  # kjv | pydoc | path | hub
         "path": None,  # a .txt file or folder (implies source=path); for hub, the dataset id (default afmck/text8)
@@ -198,9 +201,11 @@ class TextDomain(Domain):
         np.save(npy, decoded.cpu().numpy().astype(np.int32))
         return [txt, npy]
 
-    def sample_metrics(self, decoded: Tensor, data: DomainData) -> dict[str, Any]:
+    def make_metric(self, data: DomainData) -> Callable[[Tensor], dict[str, Any]]:
         assert isinstance(data, TextData) and data.tokenizer is not None
-        order = self._ngram_order(data.tokenizer)
-        metrics = text_sample_metrics(decoded.cpu().numpy(), data.train.numpy(), data.val.numpy(), data.tokenizer.vocab_size, order)
-        metrics["preview"] = self.texts(decoded[:3])
-        return metrics
+        score = TextSampleScore(data.train.numpy(), data.val.numpy(), data.tokenizer.vocab_size, self._ngram_order(data.tokenizer))
+
+        def metric(decoded: Tensor) -> dict[str, Any]:
+            return {**score(decoded.cpu().numpy()), "preview": self.texts(decoded[:3])}
+
+        return metric

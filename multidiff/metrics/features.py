@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..files import atomic_torch_save
 from ..nets.classifier import GridClassifier
 
 
@@ -80,10 +81,8 @@ def feature_classifier(
     info = {"num_classes": num_classes, "labels": "dataset" if val_y is not None else "k-means pseudo-labels"}
     if val_y is not None:
         info["val_accuracy"] = accuracy(net, val_x.float(), val_y)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": net.state_dict(), "in_channels": train_x.shape[1], "num_classes": num_classes, "info": info}, tmp)
-    os.replace(tmp, path)
+    payload = {"state_dict": net.state_dict(), "in_channels": train_x.shape[1], "num_classes": num_classes, "info": info}
+    atomic_torch_save(path, payload)  # unique temporary name: concurrent runs never collide
     return net, info
 
 
@@ -97,22 +96,48 @@ def predictions(net: GridClassifier, x: Tensor) -> np.ndarray:
     return torch.cat([net(x[i : i + 512].float()).argmax(1) for i in range(0, x.shape[0], 512)]).numpy()
 
 
-def classifier_metrics(key: str, samples: Tensor, data: Any, reference: Optional[Tensor] = None, **options: Any) -> dict:
-    """Fréchet distance of ``samples`` against held-out grids, and the classifier's label histogram.
+class ClassifierScore:
+    """Fréchet distance of samples against held-out grids in the evaluation classifier's features,
+    and the classifier's label histogram of the samples.
 
     ``data`` is a DomainData whose train/val (or ``reference``) are grids [N, C, H, W] in the same
-    space as ``samples``; the classifier is trained on data.train once per ``key`` and cached.
-    ``options`` (``steps``, ``seed``) go to :func:`feature_classifier`; the key should name them.
+    space as the samples. :meth:`prepare` trains (or loads) the classifier and fits the reference
+    features once, before training starts, so a dataset the classifier cannot be made for is
+    refused before a run directory exists, and repeated evaluations during training pay only for
+    the samples. ``options`` (``steps``, ``seed``) go to :func:`feature_classifier`; the key must name them.
     """
-    from .frechet import frechet_between
 
-    reference = data.val if reference is None else reference
-    net, info = feature_classifier(key, data.train, data.train_labels, data.num_classes, data.val, data.val_labels, **options)
-    counts = np.bincount(predictions(net, samples), minlength=info["num_classes"])
-    return {
-        "fd": frechet_between(features(net, samples), features(net, reference)),
-        "fd_reference": f"validation split ({reference.shape[0]} examples)",
-        "fd_samples": int(samples.shape[0]),
-        "classifier": info,
-        "sample_class_histogram": counts.tolist(),
-    }
+    def __init__(self, key: str, data: Any, reference: Optional[Tensor] = None, **options: Any) -> None:
+        self.key, self.data, self.options = key, data, options
+        self.reference = data.val if reference is None else reference
+        self.net: Optional[GridClassifier] = None
+
+    def prepare(self) -> "ClassifierScore":
+        from ..errors import UserError
+        from .frechet import gaussian_fit
+
+        if self.net is not None:
+            return self
+        d = self.data
+        if d.train_labels is None and d.train.shape[0] < 10:
+            raise UserError(f"data: {d.train.shape[0]} unlabelled training examples are too few for the evaluation "
+                            f"classifier's 10 k-means pseudo-labels; give labels or at least 10 examples")  # fmt: skip
+        if self.reference.shape[0] < 2:
+            raise UserError(f"data: the held-out split has {self.reference.shape[0]} example(s); the Fréchet distance needs at least 2")
+        self.net, self.info = feature_classifier(self.key, d.train, d.train_labels, d.num_classes, d.val, d.val_labels, **self.options)
+        self.reference_fit = gaussian_fit(features(self.net, self.reference))
+        return self
+
+    def __call__(self, samples: Tensor) -> dict[str, Any]:
+        from .frechet import frechet_distance, gaussian_fit
+
+        self.prepare()
+        assert self.net is not None
+        counts = np.bincount(predictions(self.net, samples), minlength=self.info["num_classes"])
+        return {
+            "fd": frechet_distance(*gaussian_fit(features(self.net, samples)), *self.reference_fit),
+            "fd_reference": f"validation split ({self.reference.shape[0]} examples)",
+            "fd_samples": int(samples.shape[0]),
+            "classifier": self.info,
+            "sample_class_histogram": counts.tolist(),
+        }

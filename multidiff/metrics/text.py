@@ -26,20 +26,30 @@ def unigram_entropy(ids: np.ndarray, vocab_size: int) -> float:
 MAX_REFERENCE_TOKENS = 20_000_000
 
 
+class TextSampleScore:
+    """Scores token-id samples [N, L] against the training split's n-gram model (built once, here)
+    and as many held-out chunks as there are samples (fewer if the split is smaller)."""
+
+    def __init__(self, train: np.ndarray, val: np.ndarray, vocab_size: int, order: int) -> None:
+        self.val, self.vocab_size, self.order = np.asarray(val), vocab_size, order
+        self.lm = KneserNey([np.asarray(train).ravel()[:MAX_REFERENCE_TOKENS]], vocab_size, order)
+
+    def __call__(self, samples: np.ndarray) -> dict[str, Any]:
+        samples = np.asarray(samples)
+        reference = self.val[: samples.shape[0]]
+        h_samples = unigram_entropy(samples, self.vocab_size)
+        h_data = unigram_entropy(reference, self.vocab_size)
+        return {
+            "ngram_nll": self.lm.bits_per_token(list(samples)),
+            "ngram_nll_data": self.lm.bits_per_token(list(reference)),
+            "ngram_order": self.order,
+            "unigram_entropy": h_samples,
+            "unigram_entropy_data": h_data,
+            "entropy_ratio": h_samples / h_data if h_data > 0 else float("nan"),
+            "metric_samples": int(samples.shape[0]),
+        }
+
+
 def text_sample_metrics(samples: np.ndarray, train: np.ndarray, val: np.ndarray, vocab_size: int, order: int) -> dict[str, Any]:
-    """``samples``, ``train``, ``val``: token ids [N, L]. Samples are compared with as many held-out
-    chunks (fewer if the split is smaller)."""
-    samples = np.asarray(samples)
-    reference = np.asarray(val)[: samples.shape[0]]
-    lm = KneserNey([np.asarray(train).ravel()[:MAX_REFERENCE_TOKENS]], vocab_size, order)
-    h_samples = unigram_entropy(samples, vocab_size)
-    h_data = unigram_entropy(reference, vocab_size)
-    return {
-        "ngram_nll": lm.bits_per_token(list(samples)),
-        "ngram_nll_data": lm.bits_per_token(list(reference)),
-        "ngram_order": order,
-        "unigram_entropy": h_samples,
-        "unigram_entropy_data": h_data,
-        "entropy_ratio": h_samples / h_data if h_data > 0 else float("nan"),
-        "metric_samples": int(samples.shape[0]),
-    }
+    """``samples``, ``train``, ``val``: token ids [N, L] (builds the n-gram model for this one call)."""
+    return TextSampleScore(train, val, vocab_size, order)(samples)

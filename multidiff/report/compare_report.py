@@ -1,10 +1,18 @@
-"""The report of ``multidiff compare``: several schedules, each trained under the same seeds,
-budget, model and evaluation (DESIGN §8). Domain-agnostic: it reads only run directories
-(metrics.csv, eval.json, schedule.json, schedule_history/refreshes.csv).
+"""The report of a comparison (``multidiff compare`` and ``train --compare-to``): several schedules,
+each trained under the same seeds, budget, model and evaluation. Domain-agnostic: it reads only
+run directories (metrics.csv, eval.json, schedule.json, schedule_history/refreshes.csv).
 
-Writes ``report.md``, ``summary.json`` and three PNGs: ``curves.png`` (validation NELBO against
-step, mean over seeds with the min–max band), ``densities.png`` (every schedule's final training
-density over ln σ on one axis) and ``profiles.png`` (what the adaptive schedules learned).
+For every headline metric (the NELBO and the domain's sample-quality metrics) it gives the final
+value (mean and seed-to-seed spread), the difference to the baseline paired by seed with a 95 %
+interval, the steps each run needs to reach the baseline's final value and the speedup with a
+bootstrap 95 % interval across seeds; an interval that covers no change is reported as
+"within noise". The sample metrics' own evaluation noise (same weights, other sample seeds) is
+stated beside them.
+
+Writes ``report.md``, ``summary.json`` (every per-seed value) and three PNGs: ``curves.png``
+(every metric against step, mean over seeds with the min–max band), ``densities.png`` (every
+schedule's final training density over ln σ) and ``profiles.png`` (what the learned schedules
+estimated).
 """
 from __future__ import annotations
 
@@ -20,12 +28,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from ..plans import read_eval  # noqa: E402
 from ..schedules.base import ScheduleTable  # noqa: E402
 from ..schedules.io import load_schedule_file  # noqa: E402
-from .compare import headline_labels, headline_values, nelbo_curve, read_eval, speedup  # noqa: E402
+from .curves import NELBO, metric_curves  # noqa: E402
 from .plots import density_peak, plot_density_axes, plot_learned_profile_axes  # noqa: E402
-
-# eval.json keys that are bookkeeping, not metrics
+from .stats import mean_sd, paired_difference, speedup, summarize_ratios  # noqa: E402
 
 
 def refresh_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -52,50 +60,222 @@ def refresh_cost(run_dir: Path, steps: int) -> Optional[dict[str, float]]:
     }
 
 
-def _mean_spread(values: list[float]) -> tuple[Optional[float], Optional[float]]:
-    vals = [v for v in values if v is not None and math.isfinite(v)]
-    if not vals:
-        return None, None
-    return float(np.mean(vals)), (float(np.std(vals, ddof=1)) if len(vals) > 1 else None)
+_CURVES: dict[Path, dict[str, Any]] = {}
 
 
-def _fmt(mean: Optional[float], spread: Optional[float] = None, nd: int = 4) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.{nd}g}" + (f" ± {spread:.2g}" if spread is not None else "")
+def _curves(run_dir: Path) -> dict[str, Any]:
+    key = Path(run_dir)
+    if key not in _CURVES:
+        _CURVES[key] = metric_curves(key)
+    return _CURVES[key]
+
+
+def _fmt(value: Optional[float], nd: int = 4) -> str:
+    return "–" if value is None else f"{value:.{nd}g}"
+
+
+def _fmt_spread(mean: Optional[float], sd: Optional[float]) -> str:
+    return "–" if mean is None else _fmt(mean) + (f" ± {sd:.2g}" if sd is not None else "")
+
+
+def _fmt_interval(interval: Optional[tuple[float, float]], nd: int = 3) -> str:
+    return f"[{interval[0]:.{nd}g}, {interval[1]:.{nd}g}]" if interval else ""
+
+
+def metric_specs(evals: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The metrics compared: the NELBO (lower is better) and every tracked sample-quality metric,
+    with its label and direction (None: a diagnostic, shown but not raced to)."""
+    unit = next((e["nelbo_unit"] for e in evals if e.get("nelbo_unit")), "bits/dim")
+    specs: dict[str, dict[str, Any]] = {NELBO: {"label": f"NELBO ({unit})", "lower": True}}
+    for ev in evals:
+        labels = dict(ev.get("metric_labels") or {})
+        for key, direction in (ev.get("quality_directions") or {}).items():
+            specs.setdefault(key, {"label": labels.get(key, key), "lower": None if direction is None else direction == "lower"})
+    return specs
 
 
 def summarize(groups: dict[str, list[Path]], baseline: str) -> dict[str, Any]:
-    """Per schedule: final NELBO / metrics (mean, sample std over seeds), steps to the baseline's
-    final NELBO and the speedup (per seed, against the baseline run of the same seed)."""
-    out: dict[str, Any] = {}
-    base_runs = groups.get(baseline, [])
+    """Per schedule and metric: per-seed final values, their mean and spread, the paired difference
+    to the baseline, per-seed steps to the baseline's final value and speedups, with intervals."""
+    curves = {label: [_curves(d) for d in runs] for label, runs in groups.items()}
+    evals = {label: [read_eval(d) or {} for d in runs] for label, runs in groups.items()}
+    specs = metric_specs([e for es in evals.values() for e in es])
+    out: dict[str, Any] = {"metrics": specs, "schedules": {}}
+    base_curves = curves.get(baseline, [])
     for label, runs in groups.items():
-        curves = [nelbo_curve(d) for d in runs]
-        evals = [read_eval(d) or {} for d in runs]
-        metrics = headline_labels({str(i): e for i, e in enumerate(evals)})  # the domain's headline metrics
-        entry: dict[str, Any] = {
-            "runs": [str(d) for d in runs],
-            "final_step": [c[0][-1] if c[0] else None for c in curves],
-            "nelbo": _mean_spread([c[1][-1] if c[1] else None for c in curves]),
-            "metrics": {k: _mean_spread([headline_values(e).get(k) for e in evals]) for k in metrics},
-            "nelbo_unit": next((e["nelbo_unit"] for e in evals if e.get("nelbo_unit")), "bits/dim"),
-        }
-        reach, ratios = [], []
-        for i, curve in enumerate(curves):
-            if i < len(base_runs):
-                sp = speedup(nelbo_curve(base_runs[i]), curve) if label != baseline else {
-                    "reached": True, "steps": curve[0][-1] if curve[0] else None, "ratio": 1.0}  # fmt: skip
-                reach.append(sp.get("steps") if sp.get("reached") else None)
-                ratios.append(sp.get("ratio"))
-        entry["steps_to_baseline"] = reach
-        entry["reached"] = sum(r is not None for r in reach)
-        entry["speedup"] = _mean_spread([r for r in ratios if r is not None])
-        costs = [refresh_cost(d, s or 0) for d, s in zip(runs, entry["final_step"])]
+        entry: dict[str, Any] = {"runs": [str(d) for d in runs], "metrics": {}}
+        for key, spec in specs.items():
+            finals = [c.get(key, ([], []))[1][-1] if c.get(key, ([], []))[1] else None for c in curves[label]]
+            base_finals = [c.get(key, ([], []))[1][-1] if c.get(key, ([], []))[1] else None for c in base_curves]
+            m: dict[str, Any] = {"final": finals, "final_steps": [c.get(key, ([], []))[0][-1] if c.get(key, ([], []))[0] else None for c in curves[label]]}
+            m["mean"], m["sd"] = mean_sd(finals)
+            noise = [e.get("quality_noise", {}).get(key, {}).get("sd") for e in evals[label]]
+            m["eval_noise_sd"] = mean_sd(noise)[0]
+            if label != baseline and spec["lower"] is not None:
+                m["difference"] = paired_difference(finals, base_finals, spec["lower"])
+                per_seed = [speedup(b.get(key, ([], [])), c.get(key, ([], [])), spec["lower"]) for b, c in zip(base_curves, curves[label])]
+                m["steps_to_baseline"] = [p["steps"] for p in per_seed]
+                m["reached"] = [p["reached"] for p in per_seed]
+                m["speedup_per_seed"] = [p["ratio"] for p in per_seed]
+                m["speedup"] = summarize_ratios(m["speedup_per_seed"])
+            elif label != baseline:
+                m["difference"] = paired_difference(finals, base_finals, None)
+            entry["metrics"][key] = m
+        costs = [refresh_cost(d, (c.get(NELBO, ([0], []))[0] or [0])[-1]) for d, c in zip(runs, curves[label])]
         costs = [c for c in costs if c]
         entry["refresh_cost"] = {k: float(np.mean([c[k] for c in costs])) for k in costs[0]} if costs else None
-        out[label] = entry
+        entry["headline"] = {k: mean_sd([e.get("headline", {}).get(k) for e in evals[label]])
+                             for k in dict.fromkeys(k for e in evals[label] for k in e.get("headline", {}))
+                             if all(isinstance(e.get("headline", {}).get(k), (int, float)) for e in evals[label])}  # fmt: skip
+        out["schedules"][label] = entry
     return out
+
+
+def plot_metric_curves(groups: dict[str, list[Path]], specs: dict[str, dict[str, Any]], path: Path) -> Path:
+    """One panel per metric: mean over seeds against step, with the min–max band."""
+    keys = list(specs)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.4), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        for label, runs in groups.items():
+            curves = [dict(zip(*_curves(d).get(key, ([], [])))) for d in runs]
+            steps = sorted(set.intersection(*[set(c) for c in curves])) if curves and all(curves) else []
+            if not steps:
+                continue
+            values = np.array([[c[s] for s in steps] for c in curves])
+            (line,) = ax.plot(steps, values.mean(0), marker="o", ms=3, label=label)
+            if len(runs) > 1:
+                ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(specs[key]["label"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
+        ax.set_title(f"{specs[key]['label']} (mean over seeds; band: min–max)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, title: str, seeds: list[int]) -> Path:
+    """``out_dir/report.md`` (+ summary.json and PNGs) for ``groups``: label → run dirs, one per seed."""
+    out_dir = Path(out_dir)
+    _CURVES.clear()  # read every run's metrics once per report
+    summary = summarize(groups, baseline)
+    specs = summary["metrics"]
+    tables = _tables(groups)
+    curves_png = plot_metric_curves(groups, specs, out_dir / "curves.png")
+    dens = plot_densities(tables, out_dir / "densities.png") if tables else None
+    profiles = plot_profiles(groups, tables, out_dir / "profiles.png")
+    (out_dir / "summary.json").write_text(json.dumps({"baseline": baseline, "seeds": seeds, **summary}, indent=1, default=str))
+
+    k = len(seeds)
+    lines = [f"# {title}", "",
+             f"{len(groups)} schedules × {k} seed(s) ({', '.join(map(str, seeds))}): identical model, initial weights, "
+             f"data order, step budget and evaluation; only the training noise distribution differs. "
+             f"Baseline: **{baseline}**. Values are the mean over seeds ± the seed-to-seed standard deviation"
+             f"{'' if k > 1 else ' (one seed: no spread, and no interval can separate close results)'}.", ""]  # fmt: skip
+    extra = [h for h in dict.fromkeys(h for s in summary["schedules"].values() for h in s["headline"])
+             if h not in {spec["label"] for spec in specs.values()}]  # fmt: skip
+    head = ["schedule", *[spec["label"] for spec in specs.values()], *extra, "density peak σ", "refresh cost"]
+    lines += ["## Final values", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, s in summary["schedules"].items():
+        cells = [_fmt_spread(s["metrics"][key]["mean"], s["metrics"][key]["sd"]) for key in specs]
+        cells += [_fmt_spread(*s["headline"].get(h, (None, None))) for h in extra]
+        cost = s["refresh_cost"]
+        cost_txt = f"{cost['steps_per_refresh']:.3g} steps/refresh ({100 * cost['share']:.1f}% of training)" if cost else "–"
+        peak = _fmt(density_peak(tables[label]), 3) if label in tables else "–"
+        lines.append("| " + " | ".join([label, *cells, peak, cost_txt]) + " |")
+    noise_lines = []
+    for key, spec in specs.items():
+        if key == NELBO:
+            continue
+        sds = [s["metrics"][key]["eval_noise_sd"] for s in summary["schedules"].values() if s["metrics"][key]["eval_noise_sd"] is not None]
+        if sds:
+            noise_lines.append(f"- {spec['label']}: evaluation noise (same weights, other sample seeds) sd ≈ {np.mean(sds):.3g}; "
+                               f"differences smaller than that are not resolved by this metric.")  # fmt: skip
+    lines += ["", "The NELBO uses fixed noise and a fixed quadrature, so for given weights it has no evaluation noise; "
+              "its only noise is the seed-to-seed spread above."] + noise_lines  # fmt: skip
+
+    lines += ["", f"## Against {baseline}", "",
+              f"Δ = final value − {baseline}'s (per seed, paired: same initial weights and data order), mean and "
+              "95 % t-interval. Steps = steps the run needs to reach the baseline's final value (linear interpolation "
+              "between evaluations; per seed). Speedup = the baseline's steps / those steps (below 1 when the baseline "
+              "gets there first), geometric mean over seeds with a bootstrap 95 % interval; an interval covering 1 "
+              "reads \"within noise\".", "",
+              "| schedule | metric | Δ (mean [95 % CI]) | steps to baseline's final | speedup [95 % CI] | verdict |",
+              "|---|---|---|---|---|---|"]  # fmt: skip
+    for label, s in summary["schedules"].items():
+        if label == baseline:
+            continue
+        for key, spec in specs.items():
+            m = s["metrics"][key]
+            diff = m.get("difference") or {}
+            d_txt = f"{_fmt(diff.get('mean'))} {_fmt_interval(diff.get('interval'))}".strip() if diff.get("mean") is not None else "–"
+            if "speedup" not in m:
+                lines.append(f"| {label} | {spec['label']} | {d_txt} ({diff.get('verdict', '–')}) | – | – | diagnostic |")
+                continue
+            reached = m["reached"]
+            steps = [st for st in m["steps_to_baseline"] if st is not None]
+            if not reached:
+                reach = "–"
+            elif all(reached):
+                reach = _fmt(float(np.mean(steps)), 4)
+            else:
+                reach = f"not reached ({reached.count(False)}/{len(reached)} seeds)" + (f"; others {_fmt(float(np.mean(steps)), 4)}" if steps else "")
+            sp = m["speedup"]
+            sp_txt = f"{sp['mean']:.2f}× {_fmt_interval(sp['interval'])}".strip() if sp["mean"] is not None else "–"
+            lines.append(f"| {label} | {spec['label']} | {d_txt} | {reach} | {sp_txt} | {sp['verdict']} |")
+
+    for key, spec in specs.items():
+        all_steps = sorted({st for runs in groups.values() for d in runs for st in _curves(d).get(key, ([], []))[0]})
+        if not all_steps:
+            continue
+        lines += ["", f"{spec['label']} at equal steps (mean over seeds):", "",
+                  "| step | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]  # fmt: skip
+        for st in all_steps:
+            cells = []
+            for runs in groups.values():
+                vals = [dict(zip(*_curves(d).get(key, ([], [])))).get(st) for d in runs]
+                cells.append(_fmt(float(np.mean(vals))) if all(v is not None for v in vals) else "–")
+            lines.append(f"| {st} | " + " | ".join(cells) + " |")
+    lines += ["", f"![metric curves]({curves_png.name})", ""]
+    notes = schedule_notes(tables)
+    if notes:
+        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
+    evals = {label: read_eval(runs[0]) or {} for label, runs in groups.items()}
+    domain_notes = dict.fromkeys(str(n) for ev in evals.values() for n in ev.get("notes", []))
+    if domain_notes:
+        lines += ["Evaluation notes (first seed):", ""] + [f"- {n}" for n in domain_notes] + [""]
+    if dens:
+        lines += [f"![training densities]({dens.name})", ""]
+    if profiles:
+        lines += [f"![learned profiles]({profiles.name})", ""]
+    lines += samples_section(groups, evals, out_dir)
+    lines += ["Runs:", ""] + [f"- {label}: " + ", ".join(f"`{d}`" for d in runs) for label, runs in groups.items()] + [""]
+    md = out_dir / "report.md"
+    md.write_text("\n".join(lines))
+    return md
+
+
+def samples_section(groups: dict[str, list[Path]], evals: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
+    """Links to each schedule's sample files (first seed), and the first samples quoted when eval.json
+    has a text preview."""
+    lines = ["## Samples (first seed)", ""]
+    for label, runs in groups.items():
+        ev, d = evals[label], Path(runs[0])
+        links = []
+        for rel in ev.get("samples", []):
+            target = d / rel
+            try:
+                target = target.relative_to(out_dir)
+            except ValueError:
+                pass
+            links.append(f"[{Path(rel).name}]({target})")
+        lines += [f"**{label}**: {', '.join(links) or '–'}", ""]
+        for i, text in enumerate(ev.get("preview", [])):
+            quoted = "\n".join("    " + line for line in str(text).splitlines())
+            lines += [f"sample {i}:", "", quoted, ""]
+    return lines
 
 
 def _tables(groups: dict[str, list[Path]]) -> dict[str, ScheduleTable]:
@@ -106,28 +286,6 @@ def _tables(groups: dict[str, list[Path]]) -> dict[str, ScheduleTable]:
         if path.is_file():
             tables[label] = load_schedule_file(path).table
     return tables
-
-
-def plot_nelbo_curves(groups: dict[str, list[Path]], path: Path, unit: str) -> Path:
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
-    for label, runs in groups.items():
-        curves = [dict(zip(*nelbo_curve(d))) for d in runs]
-        steps = sorted(set.intersection(*[set(c) for c in curves])) if curves else []
-        if not steps:
-            continue
-        values = np.array([[c[s] for s in steps] for c in curves])
-        (line,) = ax.plot(steps, values.mean(0), marker="o", ms=3, label=label)
-        if len(runs) > 1:
-            ax.fill_between(steps, values.min(0), values.max(0), color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(f"validation NELBO ({unit})")
-    ax.set_title("NELBO vs step (mean over seeds; band: min–max)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
 
 
 def plot_densities(tables: dict[str, ScheduleTable], path: Path) -> Path:
@@ -188,66 +346,3 @@ def schedule_notes(tables: dict[str, ScheduleTable]) -> list[str]:
     return notes
 
 
-def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, title: str, seeds: list[int]) -> Path:
-    """``out_dir/report.md`` (+ summary.json and PNGs) for ``groups``: label → run dirs, one per seed."""
-    out_dir = Path(out_dir)
-    summary = summarize(groups, baseline)
-    unit = next(iter(summary.values()))["nelbo_unit"] if summary else "bits/dim"
-    tables = _tables(groups)
-    curves = plot_nelbo_curves(groups, out_dir / "curves.png", unit)
-    dens = plot_densities(tables, out_dir / "densities.png") if tables else None
-    profiles = plot_profiles(groups, tables, out_dir / "profiles.png")
-    (out_dir / "summary.json").write_text(json.dumps({"baseline": baseline, "seeds": seeds, "schedules": summary}, indent=1))
-
-    extra = list(dict.fromkeys(k for s in summary.values() for k in s["metrics"]))
-    spread = "mean ± sample std over seeds" if len(seeds) > 1 else "one seed"
-    lines = [f"# {title}", "",
-             f"{len(groups)} schedules × {len(seeds)} seed(s) ({', '.join(map(str, seeds))}), identical model, "
-             f"initial weights, data order, step budget and evaluation; only the training noise distribution "
-             f"differs. NELBO in {unit} on the fixed validation subset (fixed quadrature and noise); sample "
-             f"metrics from the same sampler, steps and seed ({spread}). Baseline: **{baseline}**.", ""]  # fmt: skip
-    head = ["schedule", "final NELBO", *extra, "density peak σ",
-            f"steps to {baseline}'s final NELBO", "speedup", "refresh cost"]  # fmt: skip
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for label, s in summary.items():
-        n = len(s["steps_to_baseline"])
-        reached = [r for r in s["steps_to_baseline"] if r is not None]
-        if not n:
-            reach = "–"
-        elif len(reached) == n:
-            reach = _fmt(float(np.mean(reached)), None, 4)
-        else:
-            reach = f"not reached ({n - len(reached)}/{n} seeds)"
-        ratio = f"{_fmt(*s['speedup'], nd=3)}×" if s["speedup"][0] is not None else "–"
-        cost = s["refresh_cost"]
-        cost_txt = f"{cost['steps_per_refresh']:.3g} steps/refresh ({100 * cost['share']:.1f}% of training)" if cost else "–"
-        peak = _fmt(density_peak(tables[label]), None, 3) if label in tables else "–"
-        row = [label, _fmt(*s["nelbo"]), *[_fmt(*s["metrics"].get(k, (None, None))) for k in extra],
-               peak, reach, ratio, cost_txt]  # fmt: skip
-        lines.append("| " + " | ".join(row) + " |")
-
-    all_steps = sorted({st for runs in groups.values() for d in runs for st in nelbo_curve(d)[0]})
-    lines += ["", f"Validation NELBO ({unit}) at equal steps (mean over seeds):", "",
-              "| step | " + " | ".join(groups) + " |", "|---|" + "---|" * len(groups)]  # fmt: skip
-    for st in all_steps:
-        cells = []
-        for runs in groups.values():
-            vals = [dict(zip(*nelbo_curve(d))).get(st) for d in runs]
-            cells.append(_fmt(float(np.mean(vals))) if all(v is not None for v in vals) else "–")
-        lines.append(f"| {st} | " + " | ".join(cells) + " |")
-    lines += ["", f"Speedup = {baseline}'s final step / the steps a run needs to reach {baseline}'s final NELBO "
-              "(linear interpolation between evaluations, per seed against the same seed's baseline); below 1 "
-              f"when {baseline} gets there first. Refresh cost = the wall time of a schedule refresh (including "
-              "CRS's extra denoiser passes) in median training steps.", "",
-              f"![NELBO curves]({curves.name})", ""]  # fmt: skip
-    notes = schedule_notes(tables)
-    if notes:
-        lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
-    if dens:
-        lines += [f"![training densities]({dens.name})", ""]
-    if profiles:
-        lines += [f"![learned profiles]({profiles.name})", ""]
-    lines += ["Runs:", ""] + [f"- {label}: " + ", ".join(f"`{d}`" for d in runs) for label, runs in groups.items()] + [""]
-    md = out_dir / "report.md"
-    md.write_text("\n".join(lines))
-    return md

@@ -100,15 +100,17 @@ def plot_schedule(table: ScheduleTable, path: Path, title: Optional[str] = None)
     return Path(path)
 
 
-def plot_curves(curves: dict[str, tuple[list[float], list[float]]], path: Path, ylabel: str, title: str = "") -> Path:
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for label, (steps, values) in curves.items():
-        ax.plot(steps, values, marker="o", ms=3, label=label)
-    ax.set_xlabel("training step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+def plot_run_curves(curves: dict[str, tuple[list[int], list[float]]], path: Path, title: str = "") -> Path:
+    """One run's metrics against step, one panel each (the NELBO first, then the sample metrics)."""
+    keys = [k for k in curves if curves[k][0]]
+    fig, axes = plt.subplots(1, max(1, len(keys)), figsize=(5.5 * max(1, len(keys)), 4.0), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        steps, values = curves[key]
+        ax.plot(steps, values, marker="o", ms=3)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("validation NELBO" if key == "nelbo" else key)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

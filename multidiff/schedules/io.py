@@ -12,6 +12,7 @@ import numpy as np
 
 from .. import __version__
 from ..errors import UserError
+from ..files import atomic_write_text
 from .base import ScheduleTable
 
 FORMAT = "multidiff.schedule"
@@ -53,12 +54,7 @@ def table_to_json(table: ScheduleTable, meta: dict[str, Any] | None = None) -> d
 
 def save_schedule_file(path: str | os.PathLike, table: ScheduleTable, meta: dict[str, Any] | None = None) -> Path:
     """Write atomically (temp file + rename), so a crash never leaves a half-written schedule."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(table_to_json(table, meta), indent=1, allow_nan=False))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, json.dumps(table_to_json(table, meta), indent=1, allow_nan=False))
 
 
 def load_schedule_file(path: str | os.PathLike) -> ScheduleFile:
@@ -114,24 +110,38 @@ def load_schedule_file(path: str | os.PathLike) -> ScheduleFile:
             f"schedule file {name}: fields 'pdf' and 'cdf' are inconsistent "
             f"(integral of pdf differs from cdf by {np.abs(trapezoid - cdf).max():.3g})"
         )
+    method = data.get("method")
+    if not isinstance(method, str) or not method:
+        raise UserError(f"schedule file {name}: field 'method' must be a non-empty string, got {method!r}")
+    step = data.get("step", 0)
+    if step is None:
+        step = 0
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise UserError(f"schedule file {name}: field 'step' must be a non-negative integer, got {step!r}")
     profile = data.get("profile") or {}
     if not isinstance(profile, dict):
         raise UserError(f"schedule file {name}: field 'profile' must be an object")
-    lengths = {}
-    for key, values in profile.items():
-        lengths[key] = len(_numbers(name, profile, key, prefix="profile."))
-    if len(set(lengths.values())) > 1:
-        raise UserError(f"schedule file {name}: field 'profile' has lists of different lengths {lengths}")
+    lists = {key: _numbers(name, profile, key, prefix="profile.") for key in profile}
+    if "u" in lists:
+        pu = lists["u"]
+        if pu.size and (not (np.diff(pu) > 0).all() or pu[0] < u[0] - 1e-6 or pu[-1] > u[-1] + 1e-6):
+            raise UserError(f"schedule file {name}: field 'profile.u' must increase strictly within [ln sigma_min, ln sigma_max]")
+    for key, values in lists.items():
+        expected = len(lists["u"]) if "u" in lists else len(u)
+        if len(values) != expected:
+            against = "'profile.u'" if "u" in lists else "'u'"
+            raise UserError(f"schedule file {name}: field 'profile.{key}' has {len(values)} values but {against} has {expected}")
     gate = data.get("gate") or {}
     if not isinstance(gate, dict):
         raise UserError(f"schedule file {name}: field 'gate' must be an object")
-    if "c" in gate:
-        _positive(name, gate, "c", prefix="gate.")
+    for key in ("c", "n"):
+        if key in gate:
+            _positive(name, gate, key, prefix="gate.")
     params = data.get("params") or {}
     if not isinstance(params, dict):
         raise UserError(f"schedule file {name}: field 'params' must be an object")
     table = ScheduleTable(
-        method=str(data["method"]),
+        method=method,
         sigma_min=smin,
         sigma_max=smax,
         u=u.tolist(),
@@ -140,7 +150,7 @@ def load_schedule_file(path: str | os.PathLike) -> ScheduleFile:
         profile={k: [float(x) for x in v] for k, v in profile.items()},
         gate=gate,
         params=params,
-        step=int(data.get("step") or 0),
+        step=step,
     )
     meta = {k: data.get(k) for k in ("domain", "dataset", "sigma_data", "weighting", "created_by")}
     return ScheduleFile(table=table, meta=meta, path=name)

@@ -1,5 +1,6 @@
-"""Callbacks that make a run directory (DESIGN §7): EMA weights, schedule refreshes and their
-history, schedule.json exported with every checkpoint, and step checkpoints (the final one too).
+"""Callbacks that make a run directory: EMA weights, schedule refreshes and their history,
+schedule.json exported with every checkpoint, step checkpoints (the final one too), and sample
+quality measured during training.
 
 Lightning runs callbacks in list order and checkpoint callbacks last, so at a checkpoint the EMA
 has been updated and the schedule refreshed for that step.
@@ -12,12 +13,14 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, WeightAveraging
 
+from .. import faults
+from ..files import atomic_write
 from ..schedules.io import save_schedule_file
 from .probe import DenoiserProbe
 
@@ -115,21 +118,56 @@ def _synchronize(device: torch.device) -> None:
 
 
 class StepCheckpoint(Checkpoint):
-    """Checkpoints every N steps and at the final step, as checkpoints/stepNNNNNNN.ckpt + last.ckpt."""
+    """Checkpoints every N steps and at the final step, as checkpoints/stepNNNNNNN.ckpt + last.ckpt.
+
+    Each file is written under a temporary name and renamed, so a crash mid-write leaves the
+    previous last.ckpt intact (and never a truncated stepNNNNNNN.ckpt).
+    """
 
     def __init__(self, dirpath: Path, every: int) -> None:
         self.dirpath, self.every = Path(dirpath), every
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if step % self.every and step < trainer.max_steps:
+        if step % self.every == 0 or step >= trainer.max_steps:
+            path = self.dirpath / f"step{step:07d}.ckpt"
+            partial = self.dirpath / f".{path.name}.partial"  # the run directory is locked: one writer
+            trainer.save_checkpoint(partial, weights_only=False)  # every rank takes part; rank 0 writes
+            if trainer.is_global_zero:
+                faults.point("checkpoint", step)
+                os.replace(partial, path)
+                atomic_write(self.dirpath / "last.ckpt", lambda tmp: shutil.copyfile(path, tmp))
+        faults.point("step", step)
+
+
+class QualityCallback(L.Callback):
+    """Sample quality during training, from the EMA weights, every ``every`` steps (at validation
+    points), logged as ``quality/<metric>``; also times the validation NELBO and itself.
+
+    It must come before the EMA callback: Lightning runs callbacks in list order, so at the end of
+    validation the EMA weights are still in the model when this callback measures.
+    """
+
+    def __init__(self, every: int, measure: Optional[Callable[[Any], dict[str, float]]], max_steps: int) -> None:
+        self.every, self.measure, self.max_steps = every, measure, max_steps
+        self.nelbo_s = self.quality_s = 0.0
+        self._started = 0.0
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._started = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self.nelbo_s += time.perf_counter() - self._started
+        step = trainer.global_step
+        if self.measure is None or not self.every or step % self.every or trainer.sanity_checking:
             return
-        path = self.dirpath / f"step{step:07d}.ckpt"
-        trainer.save_checkpoint(path, weights_only=False)
-        if trainer.is_global_zero:
-            tmp = self.dirpath / "last.ckpt.tmp"
-            shutil.copyfile(path, tmp)
-            os.replace(tmp, self.dirpath / "last.ckpt")
+        if not trainer.is_global_zero:
+            return  # the other processes wait at their next collective
+        start = time.perf_counter()
+        values = self.measure(pl_module.model)
+        self.quality_s += time.perf_counter() - start
+        for key, value in values.items():
+            pl_module.log(f"quality/{key}", float(value), on_step=False, on_epoch=True, rank_zero_only=True)
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:

@@ -15,6 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset, TensorDataset
 
 from ..domains.base import DomainData
+from ..evaluation import NelboSettings, validation_subset
 
 
 class StepBatches(IterableDataset):
@@ -46,10 +47,9 @@ class StepBatches(IterableDataset):
 
 
 class DomainDataModule(L.LightningDataModule):
-    def __init__(self, data: DomainData, batch_size: int, seed: int, val_examples: int, val_batch: int):
+    def __init__(self, data: DomainData, batch_size: int, seed: int, nelbo: NelboSettings):
         super().__init__()
-        self.data, self.batch_size, self.seed = data, batch_size, seed
-        self.val_examples, self.val_batch = val_examples, val_batch
+        self.data, self.batch_size, self.seed, self.nelbo = data, batch_size, seed, nelbo
 
     def train_dataloader(self) -> DataLoader:
         trainer = self.trainer
@@ -69,10 +69,6 @@ class DomainDataModule(L.LightningDataModule):
         """The first n validation examples: the fixed held-out batch schedules may probe the model on."""
         return self.data.val[:n]
 
-    def val_subset(self) -> tuple[Tensor, Tensor]:
-        n = min(self.val_examples, self.data.val.shape[0])
-        return self.data.val[:n], torch.arange(n)
-
     def val_dataloader(self) -> DataLoader:
-        x, ids = self.val_subset()
-        return DataLoader(TensorDataset(x, ids), batch_size=self.val_batch, shuffle=False)
+        x, ids = validation_subset(self.data.val, self.nelbo)
+        return DataLoader(TensorDataset(x, ids), batch_size=self.nelbo.batch, shuffle=False)

@@ -14,9 +14,11 @@ import torch
 from torch import Tensor
 
 from .. import __version__
-from ..diffusion.likelihood import fixed_noise, nelbo_nats, unit_key
+from ..diffusion.likelihood import unit_key
 from ..diffusion.model import DiffusionModel
 from ..errors import NonFiniteLossError
+from ..evaluation import NelboSettings, nelbo_batch
+from ..recipe import Sections
 from ..schedules.base import Schedule
 
 
@@ -26,25 +28,20 @@ class DiffusionModule(L.LightningModule):
         model: DiffusionModel,
         schedule: Schedule,
         weight: Callable[[Tensor], Tensor],
+        cfg: Sections,
+        nelbo: NelboSettings,
         *,
-        seed: int,
-        lr: float,
-        lr_warmup: int,
-        weight_decay: float,
-        nelbo_sigma_min: float,
-        nelbo_sigma_max: float,
-        nelbo_nodes: int,
-        nelbo_seed: int,
-        nelbo_count: int,
+        nelbo_count: float,
         nelbo_extra_units: Optional[dict[str, float]] = None,
     ) -> None:
         super().__init__()
         self.model = model
         self.schedule = schedule  # not an nn.Module: its state travels in checkpoint["multidiff"]
         self.weight = weight
-        self.seed, self.lr, self.lr_warmup, self.weight_decay = seed, lr, lr_warmup, weight_decay
-        self.nelbo_range = (nelbo_sigma_min, nelbo_sigma_max)  # the bound's σ range (σ, not ln σ)
-        self.nelbo_nodes, self.nelbo_seed, self.nelbo_count = nelbo_nodes, nelbo_seed, nelbo_count
+        self.seed = cfg.seed
+        self.lr, self.lr_warmup, self.weight_decay = cfg.train.lr, cfg.train.lr_warmup, cfg.train.weight_decay
+        self.nelbo = nelbo
+        self.nelbo_count = nelbo_count  # units per example of the primary NELBO unit
         self.nelbo_extra_units = dict(nelbo_extra_units or {})  # unit → units per example (e.g. bits/char)
         self.first_bad_step = torch.tensor(-1)  # first step with a non-finite loss, kept on the device
 
@@ -63,6 +60,18 @@ class DiffusionModule(L.LightningModule):
             info = self.schedule.prepare(x)
             if info and self.trainer.is_global_zero:
                 print(f"schedule {self.schedule.name}: table built from {x.shape[0]} training examples")
+
+    def on_train_start(self) -> None:
+        """A resumed run may lower ``train.lr`` (e.g. after a divergence): the restored optimizer and
+        warm-up schedule are moved to the recipe's rate; an unchanged rate is left bit-identical."""
+        for sched in self.trainer.lr_scheduler_configs:
+            s = sched.scheduler
+            if all(b == self.lr for b in s.base_lrs):
+                continue
+            s.base_lrs = [self.lr] * len(s.base_lrs)
+            for group, lam in zip(s.optimizer.param_groups, s.lr_lambdas):
+                group["initial_lr"] = self.lr
+                group["lr"] = self.lr * lam(s.last_epoch)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = self.model.encode(batch)
@@ -83,28 +92,24 @@ class DiffusionModule(L.LightningModule):
         step = int(self.first_bad_step)
         if step >= 0:
             raise NonFiniteLossError(
-                f"training loss became non-finite (NaN/inf) at step {step}; stopped without writing "
-                f"further checkpoints (lower train.lr or check the data, then --resume from the last good one)"
+                f"training loss became non-finite (NaN/inf) at step {step}; stopped without writing further "
+                f"checkpoints. Resume from the last good one with a lower rate: --resume --set train.lr=..."
             )
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         raw, ids = batch
-        x = self.model.encode(raw)
-        noise = fixed_noise(ids.cpu(), tuple(x.shape[1:]), self.nelbo_nodes + 1, self.nelbo_seed).to(x)
-        parts = nelbo_nats(
-            self.model.denoise, x, noise, sigma_min=self.nelbo_range[0], sigma_max=self.nelbo_range[1],
-            recon_nll=self.model.recon_nll,
-        )  # fmt: skip
-        bits = parts["total"] / (math.log(2) * self.nelbo_count)
+        nats = nelbo_batch(self.model, raw, ids, self.nelbo)
         # every process evaluates the whole fixed subset, so syncing averages identical values
-        self.log("val/nelbo", bits.mean(), batch_size=x.shape[0], on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
+        self.log("val/nelbo", nats.mean() / (math.log(2) * self.nelbo_count), batch_size=raw.shape[0], on_step=False,
+                 on_epoch=True, prog_bar=True, sync_dist=True)  # fmt: skip
         for unit, count in self.nelbo_extra_units.items():
             # a per-example count that is the subset's mean makes the epoch mean Σ nats / Σ units
-            other = parts["total"] / (math.log(2) * count)
-            self.log(f"val/nelbo_{unit_key(unit)}", other.mean(), batch_size=x.shape[0], on_step=False, on_epoch=True, sync_dist=True)
+            self.log(f"val/nelbo_{unit_key(unit)}", nats.mean() / (math.log(2) * count), batch_size=raw.shape[0],
+                     on_step=False, on_epoch=True, sync_dist=True)  # fmt: skip
 
     def configure_optimizers(self) -> Any:
-        opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.99), weight_decay=self.weight_decay)
+        opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.99), weight_decay=self.weight_decay,
+                               **_fast_adam(self.model))  # fmt: skip
         warm = max(1, self.lr_warmup)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -116,3 +121,11 @@ class DiffusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "multidiff" in checkpoint:
             self.schedule.load_state_dict(checkpoint["multidiff"]["schedule"])
+
+
+def _fast_adam(model: torch.nn.Module) -> dict[str, Any]:
+    """Fused Adam when every parameter is on a CUDA device (one kernel per step), else foreach."""
+    params = list(model.parameters())
+    if params and all(p.is_cuda for p in params):
+        return {"fused": True}
+    return {"foreach": True}

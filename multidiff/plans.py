@@ -1,4 +1,5 @@
-"""Planning the runs of ``multidiff compare``: one per (schedule, seed), under OUT/LABEL/seedS.
+"""The runs of a comparison: one per (schedule, seed), under OUT/LABEL/seedS, and whether an existing
+run directory may be reused.
 
 Every run gets the same recipe except the schedule (``select_schedule``: the recipe's own schedule
 keeps its parameters, any other starts from its defaults) and the seed. ``--set`` overrides apply
@@ -8,21 +9,27 @@ Everything is validated before anything is trained, so a typo fails at once, not
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from ..errors import UserError
-from ..recipe import parse_yaml, resolve, select_schedule
-from ..schedules.base import ScheduleContext
-from ..schedules.registry import REGISTRY, build_schedule, is_schedule_file
+from .errors import UserError
+from .files import has_content
+from .recipe import RESUMABLE_KEYS, differences, load_recipe_file, resolve, select_schedule
+from .schedules.base import ScheduleContext
+from .schedules.registry import REGISTRY, build_schedule, is_schedule_file
+
+#: settings a reused or resumed run of a comparison may differ in (how it ran, not what it learned);
+#: a shorter budget is resumed, a longer one refused (see :func:`reuse_problem`)
+REUSABLE_KEYS = RESUMABLE_KEYS - {"train.lr"}
 
 
 @dataclass
-class PlannedRun:
+class RunPlan:
     label: str
     seed: int
-    recipe: dict[str, Any]  # resolved, before the domain fills in its defaults
+    recipe: dict[str, Any]  # resolved (defaults of the generic sections), before the domain's
     run_dir: Path
 
 
@@ -38,7 +45,7 @@ def _schedule_overrides(name: str, overrides: list[str]) -> list[str]:
     return [o for o in overrides if o.split("=", 1)[0].strip().split(".", 1)[1] in keys]
 
 
-def plan_runs(raw: dict[str, Any], source: str, schedules: list[str], seeds: list[int], overrides: list[str], out: Path) -> list[PlannedRun]:
+def plan_runs(raw: dict[str, Any], source: str, schedules: list[str], seeds: list[int], overrides: list[str], out: Path) -> list[RunPlan]:
     """The runs to make, every recipe resolved and every schedule built once (validation only)."""
     labels = []
     for name in schedules:
@@ -62,7 +69,7 @@ def plan_runs(raw: dict[str, Any], source: str, schedules: list[str], seeds: lis
             recipe = resolve(select_schedule(raw, name), source, general + _schedule_overrides(name, per_schedule) + [f"seed={seed}"])
             if seed == seeds[0]:
                 _validate_schedule(recipe)
-            plans.append(PlannedRun(label, seed, recipe, Path(out) / label / f"seed{seed}"))
+            plans.append(RunPlan(label, seed, recipe, Path(out) / label / f"seed{seed}"))
     return plans
 
 
@@ -73,37 +80,45 @@ def _validate_schedule(recipe: dict[str, Any]) -> None:
     build_schedule(name, spec, ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"])))
 
 
-def trained_steps(plan: PlannedRun) -> int | None:
-    """Steps of the run's last evaluation (eval.json), if it has one."""
-    from ..report.compare import read_eval
+def read_eval(run_dir: Path) -> Optional[dict[str, Any]]:
+    path = Path(run_dir) / "eval.json"
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except ValueError:
+        return None  # a damaged eval.json: the run is evaluated again
 
+
+def trained_steps(plan: RunPlan) -> Optional[int]:
+    """Steps of the run's last evaluation (eval.json), if it has one."""
     ev = read_eval(plan.run_dir)
     return int(ev["step"]) if ev and "step" in ev else None
 
 
-def finished(plan: PlannedRun) -> bool:
+def finished(plan: RunPlan) -> bool:
     """True when the run directory holds this plan's finished evaluation (reused, not retrained)."""
-    return trained_steps(plan) == int(plan.recipe["train"]["max_steps"]) and (
-        plan.run_dir / "checkpoints" / "last.ckpt"
-    ).is_file()
+    return trained_steps(plan) == int(plan.recipe["train"]["max_steps"]) and (plan.run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def recipe_mismatch(plan: PlannedRun) -> str | None:
-    """The first recipe key the user set (directly or through defaults of the top-level sections)
-    that the stored run used differently; None when they agree (or nothing is stored)."""
-    path = plan.run_dir / "recipe.yaml"
+def reuse_problem(plan: RunPlan, resolved: dict[str, Any]) -> Optional[str]:
+    """Why the plan's existing run directory cannot be reused or resumed (None if it can, or is new).
+
+    ``resolved``: the plan's recipe with every data-independent default filled in, compared key by
+    key with the stored recipe.yaml, so settings that were never written in the recipe file
+    (``--set data.limit=300``, a changed default) count too. σ_data measured from the data is
+    compared only when the plan gives one.
+    """
+    run_dir = plan.run_dir
+    path = run_dir / "recipe.yaml"
     if not path.is_file():
+        if has_content(run_dir):
+            return f"{run_dir} exists and is not a multidiff run; use another --out"
         return None
-    stored = parse_yaml(path.read_text())
-    allowed = {"train.max_steps", "train.accelerator", "train.devices", "train.precision", "train.progress_bar"}
-
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-
-    a, b = flat(stored), flat(plan.recipe)
-    # keys left null here are filled in at build time (measured σ_data, domain choices): not compared
-    diff = sorted(k for k, v in b.items() if v is not None and k not in allowed and a.get(k) != v)
-    return diff[0] if diff else None
+    stored = resolve(load_recipe_file(path, what="run recipe"), str(path))
+    allowed = REUSABLE_KEYS | ({"diffusion.sigma_data"} if resolved["diffusion"]["sigma_data"] is None else set())
+    diff = differences(stored, resolved, allowed)
+    if diff:
+        return f"{run_dir} was trained with a different recipe (differs at '{diff[0]}'); use another --out or move it away"
+    done = trained_steps(plan)
+    if done is not None and done > int(plan.recipe["train"]["max_steps"]):
+        return f"{run_dir} was trained for {done} steps, more than --max-steps {plan.recipe['train']['max_steps']}; use another --out"
+    return None

@@ -1,0 +1,519 @@
+"""One pipeline for ``train``, ``compare``, ``eval`` and ``sample``: prepare → fit → evaluate → report.
+
+- :func:`prepare` turns a resolved recipe into a :class:`Setup` (data, σ_data, schedule, model and
+  the domain's sample metric), validating everything a run needs before anything is written;
+- :func:`train_run` makes one run directory: lock, write the recipe and the domain's artifacts,
+  fit (``train/``, Lightning), then :func:`evaluate_run` from the saved EMA weights;
+- :func:`run_comparison` trains several schedules × seeds and writes one report.
+
+A run directory: ``recipe.yaml`` (resolved), ``checkpoints/``, ``metrics.csv``, ``schedule.json``,
+``schedule_history/``, ``plots/``, ``samples/``, ``eval.json``, ``timing.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from . import __version__, faults
+from .diffusion.sampling import sigma_grid
+from .diffusion.weighting import get_weighting
+from .domains.base import Domain, DomainData
+from .domains.registry import get_domain
+from .errors import UserError
+from .evaluation import NelboSettings, QualityResult, bits, sample_quality, validation_nelbo
+from .files import RunLock, atomic_write_text, clear_directory, has_content, user_path_error
+from .metrics.features import cache_root
+from .plans import RunPlan, finished, plan_runs, reuse_problem
+from .recipe import RESUMABLE_KEYS, Sections, differences, dump, load_recipe_file, resolve, sections, select_schedule
+from .schedules.base import Schedule, ScheduleContext
+from .schedules.io import load_schedule_file
+from .schedules.registry import REGISTRY, build_schedule, is_schedule_file, make_params
+
+CHECKPOINT = "last.ckpt"
+
+
+# ---- prepare ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class Setup:
+    """Everything a run is made of, built from a resolved recipe."""
+
+    recipe: dict[str, Any]  # fully resolved: what recipe.yaml records
+    cfg: Sections
+    domain: Domain
+    data: DomainData
+    sigma_data: float
+    weight: Callable[[Tensor], Tensor]
+    schedule: Schedule
+    model: Any  # DiffusionModel
+
+    def meta(self) -> dict[str, Any]:
+        """What a schedule file records about where it was learned."""
+        return {"domain": self.domain.name, "dataset": self.data.dataset, "sigma_data": self.sigma_data,
+                "weighting": self.cfg.diffusion.weighting}  # fmt: skip
+
+    @property
+    def nelbo(self) -> NelboSettings:
+        return NelboSettings.of(self.cfg)
+
+    def nelbo_units(self) -> dict[str, float]:
+        """The domain's NELBO units → units per example on the fixed validation subset (primary first)."""
+        n = min(self.cfg.eval.nelbo_examples, self.data.val.shape[0])
+        units = self.domain.nelbo_units(self.data, n)
+        primary = self.domain.nelbo_unit
+        return {primary: units.get(primary, float(self.domain.nelbo_count(self.data))), **units}
+
+    def example_shape(self) -> tuple[int, ...]:
+        return self.domain.example_shape(self.data)
+
+
+def schedule_label(recipe: dict[str, Any]) -> str:
+    name = recipe["schedule"]["name"]
+    return Path(name).stem if is_schedule_file(name) and name not in REGISTRY else name
+
+
+def default_precision(accelerator: str) -> str:
+    """``train.precision: auto``: bf16 autocast where a GPU supports it, float32 elsewhere (on CPUs
+    without bf16 matrix units bf16 is far slower than float32)."""
+    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if wants_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def resolve_full(recipe: dict[str, Any]) -> tuple[dict[str, Any], Domain]:
+    """The recipe with every default filled in that does not need the data (domain settings,
+    schedule parameters, the NELBO's decoding σ, the precision), and the domain adapter."""
+    domain = get_domain(recipe["domain"])(recipe, cache_root())
+    resolved = {**recipe, **domain.resolved_config()}
+    name = recipe["schedule"]["name"]
+    if name in REGISTRY:
+        params = make_params(name, {k: v for k, v in recipe["schedule"].items() if k != "name"})
+        resolved["schedule"] = {"name": name, **dataclasses.asdict(params)}
+    d, ev = recipe["diffusion"], recipe["eval"]
+    lo = ev["nelbo_sigma_min"] or domain.nelbo_sigma_min or d["sigma_min"]
+    if not d["sigma_min"] <= lo < d["sigma_max"]:
+        raise UserError(f"eval.nelbo_sigma_min must lie in [diffusion.sigma_min, diffusion.sigma_max), got {lo}")
+    resolved["eval"] = {**ev, "nelbo_sigma_min": float(lo)}
+    train = recipe["train"]
+    if train["precision"] == "auto":
+        resolved["train"] = {**train, "precision": default_precision(str(train["accelerator"]))}
+    return resolved, domain
+
+
+def prepare(recipe: dict[str, Any], run_dir: Optional[Path] = None, *, metrics: bool = True) -> Setup:
+    """Load data, measure σ_data, build schedule, model and the sample metric; ``Setup.recipe`` is the
+    fully resolved recipe. ``run_dir``: an existing run whose saved artifacts (tokenizer,
+    statistics, its frozen schedule file) are reused. Nothing is written."""
+    resolved, domain = resolve_full(recipe)
+    data = domain.load(run_dir)
+    d = resolved["diffusion"]
+    sigma_data = float(d["sigma_data"] or domain.measure_sigma_data(data))
+    resolved["diffusion"] = {**d, "sigma_data": sigma_data}
+    weight = get_weighting(d["weighting"], sigma_data)
+    ctx = ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"]), sigma_data, weight)
+    spec = dict(resolved["schedule"])
+    name = spec.pop("name")
+    if run_dir is not None and is_schedule_file(name) and name not in REGISTRY and not Path(name).is_file():
+        name = str(Path(run_dir) / "schedule.json")  # a frozen file run keeps its own exported copy
+    schedule = build_schedule(name, spec, ctx)
+    torch.manual_seed(int(resolved["seed"]))  # the same initial weights for every schedule
+    model = domain.build_model(data, sigma_data)
+    setup = Setup(resolved, sections(resolved), domain, data, sigma_data, weight, schedule, model)
+    sampling_grid(setup, setup.cfg.sample.sigmas, setup.cfg.sample.steps)  # a bad sample.sigmas fails now
+    if metrics:
+        domain.prepare_metrics(data)
+    return setup
+
+
+def sampling_grid(setup: Setup, kind: str, steps: int) -> Tensor:
+    """The sampling σ's (σ, then a final 0): karras | loguniform | learned | a schedule file."""
+    d, s = setup.cfg.diffusion, setup.cfg.sample
+    if kind in ("karras", "loguniform", "learned"):
+        return sigma_grid(kind, steps, d.sigma_min, d.sigma_max, s.rho, schedule=setup.schedule)
+    if not is_schedule_file(kind):
+        raise UserError(f"--sigmas {kind!r}: choose karras, loguniform, learned or a schedule file (.json)")
+    table = load_schedule_file(kind).table
+    if not (math.isclose(table.sigma_min, d.sigma_min, rel_tol=1e-6) and math.isclose(table.sigma_max, d.sigma_max, rel_tol=1e-6)):
+        raise UserError(f"schedule file {kind} covers σ in [{table.sigma_min:g}, {table.sigma_max:g}] but the run samples "
+                        f"[{d.sigma_min:g}, {d.sigma_max:g}]; use a file learned on the same σ range")  # fmt: skip
+    return sigma_grid("learned", steps, d.sigma_min, d.sigma_max, s.rho, schedule=table)
+
+
+def device_for_inference() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def quality(setup: Setup, model: Any, device: torch.device, seed: Optional[int] = None) -> QualityResult:
+    """The domain's sample metric on ``eval.quality_samples`` samples of the recipe's fixed sampler."""
+    s = setup.cfg.sample
+    sigmas = sampling_grid(setup, s.sigmas, s.steps)
+    return sample_quality(model, setup.cfg, setup.example_shape(), sigmas, lambda x: setup.domain.sample_metrics(x, setup.data),
+                          seed=seed, device=device)  # fmt: skip
+
+
+def tracked_values(setup: Setup, metrics: dict[str, Any]) -> dict[str, float]:
+    """The metrics the domain tracks during training, as plain floats."""
+    return {k: float(metrics[k]) for k in setup.domain.quality_metrics if k in metrics}
+
+
+# ---- evaluating a run -------------------------------------------------------------------------------
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise UserError(f"{path.parent.parent} has no checkpoint {path.name} yet (train it first, or --resume)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "global_step" not in ckpt:
+            raise ValueError("not a multidiff checkpoint")
+    except Exception as exc:  # truncated, corrupt or foreign file
+        others = sorted(p.name for p in path.parent.glob("step*.ckpt"))
+        hint = f"; copy an earlier one over it (e.g. {others[-1]})" if others else ""
+        raise UserError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}){hint}") from None
+    return ckpt
+
+
+def load_weights(setup: Setup, path: Path) -> int:
+    """Load a checkpoint's EMA weights (Lightning's weight averaging stores them as ``state_dict``)
+    and the schedule's state into ``setup``; returns its step."""
+    ckpt = read_checkpoint(path)
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    try:
+        setup.model.load_state_dict(state)
+        if "multidiff" in ckpt:
+            setup.schedule.load_state_dict(ckpt["multidiff"]["schedule"])
+    except (RuntimeError, KeyError) as exc:
+        raise UserError(f"checkpoint {path} does not fit the run's recipe ({str(exc).splitlines()[0][:160]})") from None
+    return int(ckpt["global_step"])
+
+
+def read_run_recipe(run_dir: Path) -> dict[str, Any]:
+    path = Path(run_dir) / "recipe.yaml"
+    if not path.is_file():
+        raise UserError(f"{run_dir} is not a multidiff run directory (no recipe.yaml)")
+    return resolve(load_recipe_file(path, what="run recipe"), str(path))
+
+
+def load_run(run_dir: Path) -> tuple[Setup, int]:
+    """A run's setup with its EMA weights and schedule state from ``checkpoints/last.ckpt``; its step."""
+    run_dir = Path(run_dir)
+    setup = prepare(read_run_recipe(run_dir), run_dir)
+    return setup, load_weights(setup, run_dir / "checkpoints" / CHECKPOINT)
+
+
+def evaluate_run(setup: Setup, run_dir: Path) -> dict[str, Any]:
+    """Evaluate the run's saved EMA weights (exactly what ``multidiff eval`` does): the validation
+    NELBO, the sample metric at ``sample.seed`` (the last point of the quality curve) and at
+    ``eval.quality_seeds − 1`` more seeds (the metric's own noise), the final samples; eval.json."""
+    run_dir = Path(run_dir)
+    started = time.perf_counter()
+    step = load_weights(setup, run_dir / "checkpoints" / CHECKPOINT)
+    cfg, device = setup.cfg, device_for_inference()
+    model = setup.model.to(device).eval()
+    nats = validation_nelbo(model, setup.data.val, setup.nelbo, device)
+    units = setup.nelbo_units()
+    primary = setup.domain.nelbo_unit
+    main = quality(setup, model, device)
+    seeds = [cfg.sample.seed + k for k in range(cfg.eval.quality_seeds)]
+    values = [tracked_values(setup, main.metrics)] + [tracked_values(setup, quality(setup, model, device, seed=s).metrics) for s in seeds[1:]]
+    noise = {k: {"seeds": seeds, "values": [v[k] for v in values],
+                 "sd": float(torch.tensor([v[k] for v in values], dtype=torch.float64).std()) if len(values) > 1 else None}
+             for k in values[0]}  # fmt: skip
+    n = cfg.sample.n
+    shown = main.decoded[:n] if n <= main.decoded.shape[0] else _decoded_samples(setup, model, n, device)
+    files = setup.domain.write_samples(shown, run_dir / "samples", "final")
+    from .diffusion.likelihood import unit_key
+
+    result = {
+        "step": step,
+        "schedule": schedule_label(setup.recipe),
+        "domain": setup.domain.name,
+        "dataset": setup.data.dataset,
+        "nelbo": bits(nats, units[primary]),
+        "nelbo_unit": primary,
+        **{f"nelbo_{unit_key(u)}": bits(nats, c) for u, c in units.items() if u != primary},
+        "nelbo_units_per_example": units,
+        **main.metrics,
+        "quality": tracked_values(setup, main.metrics),
+        "quality_directions": dict(setup.domain.quality_metrics),
+        "metric_labels": dict(setup.domain.headline_metrics),
+        "quality_noise": noise,
+        "quality_samples": cfg.eval.quality_samples,
+        "sampler": {k: getattr(cfg.sample, k) for k in ("sampler", "steps", "sigmas", "rho", "churn", "seed")},
+        "samples": [str(p.relative_to(run_dir)) for p in files],
+        "created_by": f"multidiff {__version__}",
+    }
+    result["headline"] = {label: result[key] for key, label in setup.domain.headline_metrics.items() if key in result}
+    faults.point("eval", step)
+    atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=1))
+    _record_timing(run_dir, final_eval_s=time.perf_counter() - started)
+    return result
+
+
+@torch.no_grad()
+def _decoded_samples(setup: Setup, model: Any, n: int, device: torch.device, **sampler: Any) -> Tensor:
+    from .evaluation import generate
+
+    s = setup.cfg.sample
+    opts = {"sampler": s.sampler, "seed": s.seed, "batch": s.batch, "churn": s.churn, **sampler}
+    kind, steps = opts.pop("sigmas", s.sigmas), opts.pop("steps", s.steps)
+    x = generate(model, setup.example_shape(), n, sampling_grid(setup, kind, steps), device=device, **opts)
+    return model.decode(x.to(device)).cpu()
+
+
+def _record_timing(run_dir: Path, **values: float) -> None:
+    path = Path(run_dir) / "timing.json"
+    try:
+        old = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        old = {}
+    old.update({k: round(float(v), 3) for k, v in values.items()})
+    spent = [old.get(k, 0.0) for k in ("nelbo_eval_s", "quality_eval_s", "final_eval_s")]
+    if "fit_s" in old:
+        total = old["fit_s"] + old.get("final_eval_s", 0.0)
+        old["eval_share"] = round(sum(spent) / total, 4) if total > 0 else None
+    atomic_write_text(path, json.dumps(old, indent=1))
+
+
+def sample_run(run_dir: Path, n: Optional[int], steps: Optional[int], sigmas: Optional[str], sampler: Optional[str],
+               seed: Optional[int]) -> list[Path]:  # fmt: skip
+    """Samples of a run's EMA weights, written to samples/ (the name records grid, sampler, steps, seed)."""
+    for flag, value in (("--n", n), ("--steps", steps)):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+    setup, _ = load_run(run_dir)
+    s = setup.cfg.sample
+    n, steps = n or s.n, steps or s.steps
+    kind, sampler, seed = sigmas or s.sigmas, sampler or s.sampler, s.seed if seed is None else seed
+    sampling_grid(setup, kind, steps)  # validate before sampling
+    device = device_for_inference()
+    model = setup.model.to(device).eval()
+    decoded = _decoded_samples(setup, model, n, device, sigmas=kind, steps=steps, sampler=sampler, seed=seed)
+    tag = f"{Path(kind).stem if kind.endswith('.json') else kind}-{sampler}{steps}-seed{seed}"
+    return setup.domain.write_samples(decoded, Path(run_dir) / "samples", tag)
+
+
+def evaluate_existing(run_dir: Path) -> dict[str, Any]:
+    """``multidiff eval``: recompute eval.json from the run's last checkpoint."""
+    setup = prepare(read_run_recipe(Path(run_dir)), Path(run_dir))
+    return evaluate_run(setup, Path(run_dir))
+
+
+# ---- training a run directory ----------------------------------------------------------------------
+
+
+def is_launched_worker() -> bool:
+    """True in the extra processes of a multi-process run (Lightning's DDP launcher re-runs this
+    command with LOCAL_RANK set; torchrun/SLURM set RANK/SLURM_PROCID). Only the primary process
+    checks, replaces or creates the run directory."""
+    return any(os.environ.get(k, "0") not in ("", "0") for k in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID"))
+
+
+def check_device_settings(recipe: dict[str, Any]) -> None:
+    from .train.fit import check_device_settings as check
+
+    check(recipe)
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(read_checkpoint(path)["global_step"])
+
+
+def train_run(plan: RunPlan, mode: str = "new", setup: Optional[Setup] = None) -> Optional[dict[str, Any]]:
+    """Train one run directory and evaluate it; ``mode``: new | resume | overwrite | continue (resume
+    if there is anything to resume, else start: what ``compare`` does). Returns eval.json's content
+    (None in the extra processes of a multi-process run)."""
+    run_dir, primary = Path(plan.run_dir), not is_launched_worker()
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--out {run_dir} is a file, not a run directory")
+    exists = has_content(run_dir)
+    stored_recipe = run_dir / "recipe.yaml"
+    if mode == "continue":
+        mode = "resume" if stored_recipe.is_file() else ("overwrite" if exists else "new")
+    if primary:
+        if mode == "new" and exists:
+            raise UserError(f"run directory {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, or --out DIR")
+        if mode == "resume" and not stored_recipe.is_file():
+            raise UserError(f"nothing to resume: {run_dir} holds no run (no recipe.yaml)")
+    resuming = mode == "resume"
+    ckpt = run_dir / "checkpoints" / CHECKPOINT
+    start_step = _checkpoint_step(ckpt) if resuming and ckpt.is_file() else 0  # a damaged checkpoint fails here
+    if setup is None:
+        setup = prepare(plan.recipe, run_dir if resuming else None)
+    if resuming and primary:
+        stored = read_run_recipe(run_dir)
+        diff = differences(stored, setup.recipe, RESUMABLE_KEYS)
+        if diff:
+            raise UserError(f"--resume: {stored_recipe} differs at '{diff[0]}'; resume with the run's own recipe and flags "
+                            f"(only {', '.join(sorted(k.split('.', 1)[1] for k in RESUMABLE_KEYS))} may change)")  # fmt: skip
+    if primary:
+        check_device_settings(setup.recipe)
+    lock = RunLock(run_dir).acquire() if primary else None
+    try:
+        if primary:
+            if mode == "new" and has_content(run_dir):  # another process made it since we looked
+                raise UserError(f"run directory {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, or --out DIR")
+            if mode == "overwrite":
+                clear_directory(run_dir)
+            _write_run_files(setup, run_dir, fresh=not resuming)
+            if resuming:
+                _truncate_history(run_dir, start_step)
+        from .train.fit import fit
+
+        timing = fit(setup, run_dir, resume=resuming and ckpt.is_file(), quality_fn=_quality_fn(setup))
+        if not primary or timing is None:
+            return None
+        _record_timing(run_dir, **timing)
+        result = evaluate_run(setup, run_dir)
+        _run_plots(setup, run_dir)
+        _print_summary(setup, run_dir, result)
+        return result
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _write_run_files(setup: Setup, run_dir: Path, fresh: bool) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / "recipe.yaml", dump(setup.recipe))
+        if fresh:
+            setup.domain.save_artifacts(setup.data, run_dir)
+    except OSError as exc:
+        raise user_path_error(exc, "write") from None
+
+
+def _truncate_history(run_dir: Path, step: int) -> None:
+    """A resumed run repeats the steps after its checkpoint: drop what they already wrote."""
+    import csv
+
+    history = run_dir / "schedule_history"
+    path = history / "refreshes.csv"
+    if path.is_file():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = reader.fieldnames or [], [r for r in reader if int(float(r["step"])) <= step]
+        import io
+
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(path, buf.getvalue())
+    for snap in history.glob("step*.json"):
+        if int(snap.stem[4:]) > step:
+            snap.unlink()
+    if step == 0:
+        (run_dir / "metrics.csv").unlink(missing_ok=True)
+
+
+def _quality_fn(setup: Setup) -> Callable[[Any], dict[str, float]]:
+    def measure(model: Any) -> dict[str, float]:
+        device = next(model.parameters()).device
+        return tracked_values(setup, quality(setup, model, device).metrics)
+
+    return measure
+
+
+def _run_plots(setup: Setup, run_dir: Path) -> None:
+    from .report.curves import metric_curves
+    from .report.plots import plot_run_curves, plot_schedule
+
+    table = load_schedule_file(run_dir / "schedule.json").table
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    plot_schedule(table, plots / "schedule.png", title=f"{run_dir.name}: training density")
+    plot_run_curves(metric_curves(run_dir), plots / "curves.png", title=run_dir.name)
+
+
+def _print_summary(setup: Setup, run_dir: Path, result: dict[str, Any]) -> None:
+    from .report.plots import density_peak
+
+    table = load_schedule_file(run_dir / "schedule.json").table
+    extra = "".join(f" · {label} {value:.4g}" for label, value in result.get("headline", {}).items() if isinstance(value, (int, float)))
+    print(f"\nrun {run_dir}: step {result['step']} · NELBO {result['nelbo']:.4f} {result['nelbo_unit']}{extra} "
+          f"· training density peaks at σ={density_peak(table):.3g}")  # fmt: skip
+    print(f"  samples {run_dir / result['samples'][0]} · schedule {run_dir / 'schedule.json'} · plots {run_dir / 'plots'}/")
+
+
+# ---- the commands ---------------------------------------------------------------------------------
+
+
+def train(recipe_path: str, *, schedule: Optional[str], overrides: list[str], out: Optional[str], mode: str,
+          compare_to: Optional[str] = None) -> None:  # fmt: skip
+    """``multidiff train``: one run, or with ``compare_to`` a two-schedule comparison (one seed)."""
+    raw = load_recipe_file(recipe_path)
+    if schedule:
+        raw = select_schedule(raw, schedule)
+    recipe = resolve(raw, recipe_path, overrides)
+    label = schedule_label(recipe)
+    if compare_to:
+        base = schedule_label(resolve(select_schedule(raw, compare_to), recipe_path, [o for o in overrides if not o.strip().startswith("schedule.")]))
+        if base == label:
+            raise UserError(f"--compare-to {compare_to}: the recipe already trains {label}; pick another schedule")
+        # like `compare`, a comparison reuses its finished runs and resumes unfinished ones
+        run_comparison(raw, recipe_path, [recipe["schedule"]["name"], compare_to], seeds=[recipe["seed"]], overrides=overrides,
+                       out=out or f"runs/{recipe['name']}-{label}-vs-{base}", baseline=base, overwrite=mode == "overwrite")  # fmt: skip
+        return
+    plan = RunPlan(label, recipe["seed"], recipe, Path(out or f"runs/{recipe['name']}-{label}"))
+    train_run(plan, mode)
+
+
+def run_comparison(raw: dict[str, Any], source: str, schedules: list[str], *, seeds: list[int], overrides: list[str],
+                   out: str, baseline: Optional[str] = None, overwrite: bool = False) -> Optional[Path]:  # fmt: skip
+    """Train every schedule × seed under the same model, data order, budget and evaluation into
+    ``OUT/LABEL/seedS`` (finished runs reused, interrupted ones resumed) and write OUT/report.md."""
+    from .report.compare_report import write_report
+
+    out_dir = Path(out)
+    if (out_dir / "recipe.yaml").is_file():
+        raise UserError(f"--out {out_dir} is a training run directory; pick another directory for the comparison")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir} is a file, not a directory")
+    plans = plan_runs(raw, source, schedules, seeds, overrides, out_dir)
+    labels = list(dict.fromkeys(p.label for p in plans))
+    baseline = baseline or ("edm" if "edm" in labels else labels[0])
+    if baseline not in labels:
+        raise UserError(f"--baseline {baseline}: not among the compared schedules ({', '.join(labels)})")
+    primary = not is_launched_worker()
+    if primary and not overwrite:
+        for plan in plans:  # refuse before training anything
+            problem = reuse_problem(plan, resolve_full(plan.recipe)[0])
+            if problem:
+                raise UserError(problem)
+    first = prepare(plans[0].recipe)  # data, metric and sampler validated before any directory is made
+    if primary:
+        check_device_settings(first.recipe)
+    lock = RunLock(out_dir).acquire() if primary else None
+    try:
+        if primary and overwrite:
+            clear_directory(out_dir)
+        for i, plan in enumerate(plans, 1):
+            tag = f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}"
+            if finished(plan):
+                if primary:
+                    print(f"{tag}: reusing {plan.run_dir} (finished at step {plan.recipe['train']['max_steps']})")
+                continue
+            resume = (plan.run_dir / "recipe.yaml").is_file()
+            if primary:
+                print(f"{tag}: {'resuming' if resume else 'training'} → {plan.run_dir}", flush=True)
+            train_run(plan, "continue", setup=first if i == 1 and not resume else None)
+        if not primary:
+            return None
+        groups = {label: [p.run_dir for p in plans if p.label == label] for label in labels}
+        name = plans[0].recipe["name"]
+        md = write_report(groups, baseline, out_dir, title=f"{name}: {', '.join(labels)}", seeds=seeds)
+        print(f"\nreport: {md}  (plots: {out_dir}/curves.png, densities.png, profiles.png)")
+        return md
+    finally:
+        if lock is not None:
+            lock.release()

@@ -1,0 +1,121 @@
+"""The yardsticks of a comparison: steps to reach a target (interpolated), speedups, and intervals
+across seeds that say when a difference is real.
+
+- :func:`steps_to_reach`: the first step at which a metric curve reaches a target value, linearly
+  interpolated between evaluations.
+- :func:`speedup`: the baseline's steps / the steps another run needs to reach the baseline's final
+  value (below 1 when the baseline gets there first: then the baseline's steps to the other's final
+  value / the other's steps).
+- :func:`summarize_ratios`: the geometric mean of per-seed speedups with a bootstrap 95 % interval
+  over seeds (resampling seeds, in log space, so 2× and ½× average to 1×), and a verdict in words.
+- :func:`paired_difference`: the mean per-seed difference to the baseline (same seed: same initial
+  weights and data order) with a Student-t 95 % interval.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+Curve = tuple[Sequence[int], Sequence[float]]
+
+
+def _better(value: float, target: float, lower: bool) -> bool:
+    return value <= target if lower else value >= target
+
+
+def steps_to_reach(steps: Sequence[int], values: Sequence[float], target: float, lower: bool = True) -> Optional[float]:
+    """First step at which the curve reaches ``target`` (linear interpolation between evaluations);
+    None if it never does. ``lower``: smaller values are better."""
+    for i, (s, v) in enumerate(zip(steps, values)):
+        if _better(v, target, lower):
+            if i == 0:
+                return float(s)
+            s0, v0 = steps[i - 1], values[i - 1]
+            return s0 + (s - s0) * (v0 - target) / (v0 - v) if v0 != v else float(s)
+    return None
+
+
+def speedup(baseline: Curve, other: Curve, lower: bool = True) -> dict[str, Any]:
+    """How much sooner ``other`` reaches the baseline's final value: {reached, steps, ratio, target}."""
+    if not len(baseline[0]) or not len(other[0]):
+        return {"reached": False, "steps": None, "ratio": None, "target": None}
+    target, base_steps = float(baseline[1][-1]), float(baseline[0][-1])
+    reach = steps_to_reach(other[0], other[1], target, lower)
+    if reach is not None:
+        return {"reached": True, "steps": reach, "ratio": base_steps / max(reach, 1.0), "target": target}
+    back = steps_to_reach(baseline[0], baseline[1], float(other[1][-1]), lower)  # the baseline gets there first
+    ratio = back / float(other[0][-1]) if back else None
+    return {"reached": False, "steps": None, "ratio": ratio, "target": target}
+
+
+def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> Optional[tuple[float, float]]:
+    """Percentile bootstrap interval of the mean of ``values`` (resampling them with replacement);
+    None with fewer than two values."""
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size < 2:
+        return None
+    rng = np.random.default_rng(seed)
+    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(1)
+    a = (1 - level) / 2
+    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def summarize_ratios(ratios: Sequence[Optional[float]], level: float = 0.95) -> dict[str, Any]:
+    """Per-seed speedups → geometric mean, bootstrap interval (log space) and a verdict."""
+    valid = [r for r in ratios if r is not None and r > 0 and math.isfinite(r)]
+    if not valid:
+        return {"mean": None, "interval": None, "verdict": "not measurable", "seeds": len(ratios)}
+    logs = np.log(valid)
+    mean = float(np.exp(logs.mean()))
+    ci = bootstrap_interval(logs, level)
+    interval = (float(np.exp(ci[0])), float(np.exp(ci[1]))) if ci else None
+    return {"mean": mean, "interval": interval, "verdict": verdict(interval, len(valid), reference=1.0), "seeds": len(valid)}
+
+
+def verdict(interval: Optional[tuple[float, float]], n: int, reference: float, higher_is_better: bool = True) -> str:
+    """'faster'/'better', 'slower'/'worse' when the interval excludes ``reference``, else 'within noise'."""
+    if interval is None:
+        return "one seed: no interval" if n <= 1 else "no interval"
+    lo, hi = interval
+    if lo <= reference <= hi:
+        return "within noise"
+    above = lo > reference
+    return "faster" if above == higher_is_better else "slower"
+
+
+def t_interval(values: Sequence[float], level: float = 0.95) -> Optional[tuple[float, float]]:
+    """Student-t interval of the mean; None with fewer than two values."""
+    from scipy import stats
+
+    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
+    if v.size < 2:
+        return None
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * v.std(ddof=1) / math.sqrt(v.size))
+    return float(v.mean() - half), float(v.mean() + half)
+
+
+def mean_sd(values: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
+    """Mean and sample standard deviation (None when undefined)."""
+    v = [x for x in values if x is not None and math.isfinite(x)]
+    if not v:
+        return None, None
+    return float(np.mean(v)), (float(np.std(v, ddof=1)) if len(v) > 1 else None)
+
+
+def paired_difference(values: Sequence[Optional[float]], baseline: Sequence[Optional[float]], lower: Optional[bool]) -> dict[str, Any]:
+    """Per-seed difference to the baseline (same seed); its mean, t-interval and a verdict in words."""
+    diffs = [a - b for a, b in zip(values, baseline) if a is not None and b is not None]
+    if not diffs:
+        return {"mean": None, "interval": None, "verdict": "–", "diffs": []}
+    interval = t_interval(diffs)
+    if interval is None:
+        word = "one seed: no interval"
+    elif interval[0] <= 0 <= interval[1]:
+        word = "within noise"
+    elif lower is None:
+        word = "higher" if interval[0] > 0 else "lower"
+    else:
+        word = "better" if (interval[1] < 0) == lower else "worse"
+    return {"mean": float(np.mean(diffs)), "interval": interval, "verdict": word, "diffs": diffs}
