@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     sg = ssub.add_parser("sigmas", help="print a sampling σ list (for k-diffusion / diffusers) from a schedule file")
     sg.add_argument("file")
     sg.add_argument("--steps", type=int, default=32)
+    sg.add_argument("--mix", type=float, default=0.5, help="share of EDM's rho-spacing mixed into the learned density (0: the learned density alone)")
+    sg.add_argument("--rho", type=float, default=7.0)
     sg.set_defaults(func=cmd_schedule_sigmas)
     return p
 
@@ -223,7 +225,9 @@ def cmd_schedule_sigmas(args: argparse.Namespace) -> int:
 
     if args.steps <= 0:
         raise UserError("--steps must be positive")
-    sigmas = from_schedule(args.file, args.steps)
+    if not 0 <= args.mix <= 1 or not args.rho > 0:
+        raise UserError(f"--mix must be in [0, 1] and --rho positive, got {args.mix}, {args.rho}")
+    sigmas = from_schedule(args.file, args.steps, args.mix, args.rho)
     print(json.dumps([float(f"{s:.6g}") for s in sigmas.tolist()]))
     return 0
 

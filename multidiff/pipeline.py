@@ -33,7 +33,7 @@ from .evaluation import NelboSettings, QualityResult, bits, sample_quality, vali
 from .files import RunLock, atomic_write_text, clear_directory, has_content, user_path_error
 from .metrics.features import cache_root
 from .plans import RunPlan, finished, plan_runs, reuse_problem
-from .recipe import RESUMABLE_KEYS, Sections, differences, dump, load_recipe_file, resolve, sections, select_schedule
+from .recipe import RESUMABLE_KEYS, Sections, differences, dump, flatten, load_recipe_file, resolve, sections, select_schedule
 from .schedules.base import Schedule, ScheduleContext
 from .schedules.io import load_schedule_file
 from .schedules.registry import REGISTRY, build_schedule, is_schedule_file, make_params
@@ -138,14 +138,14 @@ def sampling_grid(setup: Setup, kind: str, steps: int) -> Tensor:
     """The sampling σ's (σ, then a final 0): karras | loguniform | learned | a schedule file."""
     d, s = setup.cfg.diffusion, setup.cfg.sample
     if kind in ("karras", "loguniform", "learned"):
-        return sigma_grid(kind, steps, d.sigma_min, d.sigma_max, s.rho, schedule=setup.schedule)
+        return sigma_grid(kind, steps, d.sigma_min, d.sigma_max, s.rho, schedule=setup.schedule, mix=s.grid_mix)
     if not is_schedule_file(kind):
         raise UserError(f"--sigmas {kind!r}: choose karras, loguniform, learned or a schedule file (.json)")
     table = load_schedule_file(kind).table
     if not (math.isclose(table.sigma_min, d.sigma_min, rel_tol=1e-6) and math.isclose(table.sigma_max, d.sigma_max, rel_tol=1e-6)):
         raise UserError(f"schedule file {kind} covers σ in [{table.sigma_min:g}, {table.sigma_max:g}] but the run samples "
                         f"[{d.sigma_min:g}, {d.sigma_max:g}]; use a file learned on the same σ range")  # fmt: skip
-    return sigma_grid("learned", steps, d.sigma_min, d.sigma_max, s.rho, schedule=table)
+    return sigma_grid("learned", steps, d.sigma_min, d.sigma_max, s.rho, schedule=table, mix=s.grid_mix)
 
 
 def device_for_inference() -> torch.device:
@@ -248,7 +248,7 @@ def evaluate_run(setup: Setup, run_dir: Path) -> dict[str, Any]:
         "metric_labels": dict(setup.domain.headline_metrics),
         "quality_noise": noise,
         "quality_samples": cfg.eval.quality_samples,
-        "sampler": {k: getattr(cfg.sample, k) for k in ("sampler", "steps", "sigmas", "rho", "churn", "seed")},
+        "sampler": {k: getattr(cfg.sample, k) for k in ("sampler", "steps", "sigmas", "rho", "grid_mix", "churn", "seed")},
         "samples": [str(p.relative_to(run_dir)) for p in files],
         "created_by": f"multidiff {__version__}",
     }
@@ -353,8 +353,9 @@ def train_run(plan: RunPlan, mode: str = "new", setup: Optional[Setup] = None) -
         stored = read_run_recipe(run_dir)
         diff = differences(stored, setup.recipe, RESUMABLE_KEYS)
         if diff:
-            raise UserError(f"--resume: {stored_recipe} differs at '{diff[0]}'; resume with the run's own recipe and flags "
-                            f"(only {', '.join(sorted(k.split('.', 1)[1] for k in RESUMABLE_KEYS))} may change)")  # fmt: skip
+            was, now = flatten(stored).get(diff[0]), flatten(setup.recipe).get(diff[0])
+            raise UserError(f"--resume: {stored_recipe} differs at '{diff[0]}' (run: {was!r}, now: {now!r}); resume with the "
+                            f"run's own recipe and flags (only {', '.join(sorted(k.split('.', 1)[1] for k in RESUMABLE_KEYS))} may change)")  # fmt: skip
     if primary:
         check_device_settings(setup.recipe)
     lock = RunLock(run_dir).acquire() if primary else None

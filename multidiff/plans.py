@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from .errors import UserError
 from .files import has_content
-from .recipe import RESUMABLE_KEYS, differences, load_recipe_file, resolve, select_schedule
+from .recipe import RESUMABLE_KEYS, differences, flatten, load_recipe_file, resolve, select_schedule
 from .schedules.base import ScheduleContext
 from .schedules.registry import REGISTRY, build_schedule, is_schedule_file
 
@@ -117,7 +117,8 @@ def reuse_problem(plan: RunPlan, resolved: dict[str, Any]) -> Optional[str]:
     allowed = REUSABLE_KEYS | ({"diffusion.sigma_data"} if resolved["diffusion"]["sigma_data"] is None else set())
     diff = differences(stored, resolved, allowed)
     if diff:
-        return f"{run_dir} was trained with a different recipe (differs at '{diff[0]}'); use another --out or move it away"
+        was, now = flatten(stored).get(diff[0]), flatten(resolved).get(diff[0])
+        return f"{run_dir} was trained with a different recipe (differs at '{diff[0]}': {was!r} there, {now!r} now); use another --out or move it away"
     done = trained_steps(plan)
     if done is not None and done > int(plan.recipe["train"]["max_steps"]):
         return f"{run_dir} was trained for {done} steps, more than --max-steps {plan.recipe['train']['max_steps']}; use another --out"

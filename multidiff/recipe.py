@@ -82,8 +82,8 @@ class EvalConfig:
     nelbo_seed: int = 1234
     nelbo_batch: int = 128
     quality_every: Optional[int] = None  # steps between sample-quality evaluations; null: train.eval_every; 0: final only
-    quality_samples: int = 512  # samples scored by the domain's sample metric (fixed noise, sampler and grid)
-    quality_seeds: int = 3  # sample seeds at the final evaluation; their spread is the metric's own noise
+    quality_samples: int = 256  # samples scored by the domain's sample metric (fixed noise, sampler and grid)
+    quality_seeds: int = 2  # sample seeds at the final evaluation; their spread is the metric's own noise
 
 
 @dataclass(frozen=True)
@@ -95,6 +95,7 @@ class SampleConfig:
     sampler: str = "heun"  # heun | euler
     sigmas: str = "karras"  # karras | loguniform | learned | PATH.json
     rho: float = 7.0
+    grid_mix: float = 0.5  # learned grids: share of EDM's ρ-spacing mixed into the learned density (0: the learned density alone)
     churn: float = 0.0
     seed: int = 0
     batch: int = 256
@@ -152,6 +153,7 @@ _CHECKS: dict[tuple[str, str], tuple[Any, str]] = {
     ("eval", "nelbo_sigma_min"): (lambda v: v is None or v > 0, "> 0 or null"),
     ("sample", "sampler"): (lambda v: v in ("heun", "euler"), "heun or euler"),
     ("sample", "churn"): (lambda v: v >= 0, ">= 0"),
+    ("sample", "grid_mix"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("sample", "sigmas"): (lambda v: v in ("karras", "loguniform", "learned") or v.endswith(".json"),
                            "karras, loguniform, learned or a schedule file (.json)"),
 }

@@ -68,11 +68,47 @@ def test_infogrid_places_sigmas_at_equal_information():
     rate = np.exp(-((pu - 0.0) ** 2))  # information concentrated around σ = 1
     table = ScheduleTable("infonoise", 0.002, 80.0, u.tolist(), [1.0] * 98, np.linspace(0, 1, 98).tolist(),
                           profile={"u": pu.tolist(), "rate": rate.tolist()}, gate={"c": 1e-6, "n": 3.0})  # fmt: skip
-    sig = sampling.from_schedule(table, 9)[:-1].double()
+    sig = sampling.from_schedule(table, 9, mix=0.0)[:-1].double()  # the learned profile alone
     info = stats.norm(0, math.sqrt(0.5))  # ∝ exp(−u²) is N(0, ½) in u
     q = info.cdf(sig.log().numpy())
     inner = q[1:-1]
     assert np.allclose(inner, np.linspace(1, 0, 9)[1:-1], atol=0.01)
+
+
+def test_karras_density_is_the_limit_of_the_karras_grid():
+    grid = sampling.karras(4001, 0.002, 80.0)[:-1].double().log().numpy()[::-1]
+    u = np.linspace(math.log(0.002), math.log(80), 200)
+    empirical = np.interp(u, grid[1:], np.arange(1, grid.size) / (grid.size - 1))  # CDF of the grid points
+    model = np.concatenate([[0], np.cumsum(np.diff(u) * 0.5 * (sampling.karras_density(u)[1:] + sampling.karras_density(u)[:-1]))])
+    assert np.abs(empirical - model).max() < 2e-3
+
+
+@pytest.mark.parametrize("steps", [8, 16, 32])
+def test_learned_grid_integrates_an_exact_gaussian_denoiser(steps):
+    """Quantiles of the information profile alone jump from σ_max to a few σ_data in one step, which
+    Heun cannot integrate; the learned grid mixes in EDM's ρ-spacing and ends at the data's std."""
+    import sys
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from conftest import binary_mmse
+    from multidiff.schedules.base import ScheduleTable
+
+    s = 0.7
+    u = np.linspace(math.log(0.002), math.log(80), 96)
+    sig = np.exp(u)
+    rate = binary_mmse(sig) / sig**2  # the ±1 profile with the binary recipes' gate: a digits-like InfoGrid
+    table = ScheduleTable("infonoise", 0.002, 80.0, u.tolist(), [1.0] * 96, np.linspace(0, 1, 96).tolist(),
+                          profile={"u": u.tolist(), "rate": rate.tolist()}, gate={"c": 0.2, "n": 3.0})  # fmt: skip
+    x0 = torch.randn(4096, 16, generator=torch.Generator().manual_seed(0))
+    ends = {}
+    for name, mix in (("alone", 0.0), ("learned", sampling.GRID_MIX)):
+        grid = sampling.from_schedule(table, steps, mix=mix)
+        ends[name] = float(sampling.heun(gaussian_denoiser(s), x0 * float(grid[0]), grid).std())
+    karras = float(sampling.heun(gaussian_denoiser(s), x0 * 80.0, sampling.karras(steps, 0.002, 80.0)).std())
+    assert abs(ends["learned"] - s) < abs(ends["alone"] - s)  # the fix helps at every step count ...
+    assert abs(ends["learned"] - s) <= abs(karras - s) + 1e-3  # ... and is at least as accurate as EDM's grid
+    if steps >= 16:
+        assert ends["learned"] == pytest.approx(s, rel=0.03)
 
 
 def test_precond_and_loss():

@@ -123,15 +123,21 @@ class ImageSplit:
 
 
 def source_name(cfg: dict) -> str:
-    """The image source a ``data`` section asks for (a path ending in .npy/.npz implies ``array``)."""
-    path = cfg.get("path")
-    if isinstance(path, str) and path.endswith((".npy", ".npz")):
-        return "array"
-    source = cfg.get("source")
+    """The image source a ``data`` section asks for. A given ``data.path`` is always used or refused:
+    a .npy/.npz file (any case) means ``array``; otherwise it must be what the source reads (a folder
+    of IDX files for fashion_mnist, a dataset id for hub)."""
+    path, source = cfg.get("path"), cfg.get("source")
     if source not in IMAGE_SOURCES:
         raise UserError(f"data.source: unknown source {source!r}; choose digits, fashion_mnist, array or hub")
-    if source == "array" and not path:
-        raise UserError("data.source=array needs data.path=FILE.npy or FILE.npz")
+    if isinstance(path, str) and path.lower().endswith((".npy", ".npz")):
+        return "array"
+    if source == "array":
+        raise UserError(f"data.source=array needs data.path=FILE.npy or FILE.npz, got {path!r}")
+    if path and source == "digits":
+        raise UserError(f"data.path {path}: not a .npy/.npz array, and the digits source reads no path "
+                        f"(for Fashion-MNIST IDX files set data.source=fashion_mnist)")  # fmt: skip
+    if path and source == "fashion_mnist" and not Path(path).is_dir():
+        raise UserError(f"data.path {path}: not a folder of Fashion-MNIST IDX files")
     return source
 
 

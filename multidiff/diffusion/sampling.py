@@ -41,11 +41,27 @@ def from_density(u: np.ndarray, density: np.ndarray, n: int) -> Tensor:
     return _append_zero(dens.icdf(q).double().exp()).float()
 
 
-def from_schedule(schedule: Any, n: int) -> Tensor:
-    """Sampling σ's from a schedule, a schedule table or a schedule file path.
+def karras_density(u: np.ndarray, rho: float = 7.0) -> np.ndarray:
+    """The density per unit u = ln σ of EDM's ρ-grid in the limit of many steps: σ^(1/ρ), normalized
+    over u's span (the grid is uniform in σ^(1/ρ), and dσ^(1/ρ)/du = σ^(1/ρ)/ρ)."""
+    dens = np.exp(np.asarray(u) / rho)
+    return dens / np.trapezoid(dens, u)
 
-    With an InfoNoise profile this is the InfoGrid: equal quantiles of the cumulative information
-    (the gated rate r·g); otherwise equal quantiles of the training density (e.g. a CRS CDF).
+
+#: share of EDM's ρ-spacing in learned grids (see :func:`from_schedule`)
+GRID_MIX = 0.5
+
+
+def from_schedule(schedule: Any, n: int, mix: float = GRID_MIX, rho: float = 7.0) -> Tensor:
+    """Sampling σ's from a schedule, a schedule table or a schedule file path (σ, then a final 0).
+
+    The σ's sit at equal quantiles of a mixture: (1 − mix) × the learned density (with an InfoNoise
+    profile the InfoGrid's cumulative information, the gated rate r·g; otherwise the training
+    density, e.g. a CRS CDF) + mix × the density of EDM's ρ-grid. The learned part puts steps where
+    the data are decided; the ρ part keeps the steps an ODE solver needs at high noise, where the
+    learned density is nearly zero: quantiles of the learned density alone jump from σ_max to a few
+    σ_data in one step, which Heun cannot integrate (on Gaussian data of std 0.7 with the exact
+    denoiser, 16 such steps end at std 1.05; with mix 0.5, at 0.715, against 0.745 for EDM's grid).
     """
     from ..schedules.base import Schedule, ScheduleTable
     from ..schedules.io import load_schedule_file
@@ -57,7 +73,11 @@ def from_schedule(schedule: Any, n: int) -> Tensor:
     else:
         table = load_schedule_file(schedule).table
     u, density = sampling_density(table)
-    return from_density(u, density, n)
+    if not 0 <= mix <= 1:
+        raise ValueError(f"grid mix must be in [0, 1], got {mix}")
+    density = np.asarray(density, dtype=np.float64)
+    density = density / np.trapezoid(density, u)
+    return from_density(u, (1 - mix) * density + mix * karras_density(u, rho), n)
 
 
 def sampling_density(table: Any) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +87,12 @@ def sampling_density(table: Any) -> tuple[np.ndarray, np.ndarray]:
         pu, rate = np.asarray(prof["u"]), np.asarray(prof["rate"])
         sigma = np.exp(pu)
         info = rate / (1 + (gate["c"] / sigma) ** gate.get("n", 3.0))
-        u = np.r_[math.log(table.sigma_min), pu, math.log(table.sigma_max)]
-        return u, np.r_[info[0], info, info[-1]]
+        lo, hi = math.log(table.sigma_min), math.log(table.sigma_max)
+        if pu[0] > lo:  # bin centres: extend flat to the range's ends
+            pu, info = np.r_[lo, pu], np.r_[info[0], info]
+        if pu[-1] < hi:
+            pu, info = np.r_[pu, hi], np.r_[info, info[-1]]
+        return pu, info
     return np.asarray(table.u), np.asarray(table.pdf)
 
 
@@ -116,12 +140,13 @@ def euler(denoiser: Denoiser, x: Tensor, sigmas: Tensor, **kwargs: Any) -> Tenso
 SAMPLERS = {"heun": heun, "euler": euler}
 
 
-def sigma_grid(kind: str, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, schedule: Any = None) -> Tensor:
+def sigma_grid(kind: str, n: int, sigma_min: float, sigma_max: float, rho: float = 7.0, schedule: Any = None,
+               mix: float = GRID_MIX) -> Tensor:  # fmt: skip
     """A grid by name: ``karras``, ``loguniform``, ``learned`` (needs ``schedule``) or a schedule file path."""
     if kind == "karras":
         return karras(n, sigma_min, sigma_max, rho)
     if kind == "loguniform":
         return loguniform(n, sigma_min, sigma_max)
     if kind == "learned":
-        return from_schedule(schedule, n)
-    return from_schedule(kind, n)
+        return from_schedule(schedule, n, mix, rho)
+    return from_schedule(kind, n, mix, rho)

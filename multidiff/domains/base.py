@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..diffusion.model import DiffusionModel
 from ..errors import UserError
+from ..settings import Rule, check_settings
 
 
 @dataclass
@@ -49,6 +50,9 @@ class Domain:
     nelbo_sigma_min: float | None = None
     data_defaults: dict[str, Any] = {}
     model_defaults: dict[str, Any] = {}
+    #: what each data/model value must be (see multidiff.settings); checked before anything is loaded
+    data_rules: dict[str, Rule] = {}
+    model_rules: dict[str, Rule] = {}
     #: eval.json keys worth a headline (printed after training, columns of the comparison) → label
     headline_metrics: dict[str, str] = {"fd": "Fréchet distance"}
     #: sample metrics tracked during training (keys of :meth:`sample_metrics`' result) → which way is
@@ -58,6 +62,8 @@ class Domain:
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
         self.data_cfg = self._with_defaults("data", recipe.get("data") or {}, self.data_defaults)
         self.model_cfg = self._with_defaults("model", recipe.get("model") or {}, self.model_defaults)
+        check_settings("data", self.data_cfg, self.data_rules)
+        check_settings("model", self.model_cfg, self.model_rules)
         self.cache_dir = Path(cache_dir)
         self.seed = int(recipe.get("seed", 0))
 

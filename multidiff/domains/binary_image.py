@@ -16,7 +16,8 @@ from torch import Tensor
 from ..data import images
 from ..diffusion.model import ContinuousDiffusion, DiffusionModel
 from ..metrics.features import ClassifierScore
-from ..nets.unet import UNET_DEFAULTS, unet_from_config
+from ..nets.unet import UNET_DEFAULTS, UNET_RULES, unet_from_config
+from ..settings import SPLIT_RULES, choice, integer, number, text
 from .base import Domain, DomainData
 from .grids import save_grid_png
 
@@ -37,6 +38,11 @@ class BinaryImageDomain(Domain):
         "limit": None,  # use at most this many training images
     }
     model_defaults = dict(UNET_DEFAULTS)
+    data_rules = {
+        "source": choice(images.IMAGE_SOURCES), "path": text(optional=True), "threshold": number(0, 1),
+        "size": integer(1, optional=True), **SPLIT_RULES,
+    }  # fmt: skip
+    model_rules = UNET_RULES
 
     def load(self, run_dir: Path | None = None) -> DomainData:
         split = images.load_image_split(self.data_cfg)

@@ -31,7 +31,8 @@ from ..diffusion.model import ContinuousDiffusion, DiffusionModel
 from ..errors import UserError
 from ..metrics.features import ClassifierScore
 from ..nets.autoencoder import AUTOENCODER_DEFAULTS
-from ..nets.unet import UNET_DEFAULTS, unet_from_config
+from ..nets.unet import UNET_DEFAULTS, UNET_RULES, unet_from_config
+from ..settings import SPLIT_RULES, choice, integer, text
 from .base import Domain, DomainData
 from .grids import save_grid_png
 
@@ -75,6 +76,11 @@ class LatentImageDomain(Domain):
         "autoencoder": dict(AUTOENCODER_DEFAULTS),  # see nets/autoencoder.py
     }
     model_defaults = dict(UNET_DEFAULTS)
+    data_rules = {
+        "source": choice(images.IMAGE_SOURCES), "path": text(optional=True), "size": integer(1, optional=True),
+        "normalize": choice(NORM_MODES), **SPLIT_RULES,
+    }  # fmt: skip
+    model_rules = UNET_RULES
 
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
         super().__init__(recipe, cache_dir)

@@ -24,7 +24,8 @@ from ..diffusion.model import ContinuousDiffusion, DiffusionModel
 from ..data.splits import cap, holdout
 from ..errors import UserError
 from ..metrics.features import ClassifierScore
-from ..nets.unet import UNET_DEFAULTS, unet_from_config
+from ..nets.unet import UNET_DEFAULTS, UNET_RULES, unet_from_config
+from ..settings import SPLIT_RULES, choice, integer, number, text
 from .base import Domain, DomainData
 from .grids import save_grid_png
 from .logmel import LogMel, MelSettings
@@ -75,6 +76,14 @@ class SpectrogramDomain(Domain):
         "limit": None,  # use at most this many training clips
     }
     model_defaults = dict(UNET_DEFAULTS)
+    data_rules = {
+        "source": choice(("espeak", "folder", "hub")), "path": text(optional=True), "hub_config": text(optional=True),
+        "clips": integer(20), "synth_seed": integer(0), "sample_rate": integer(1000), "duration": number(0, open_lo=True),
+        "trim_db": number(0, open_lo=True, optional=True), "peak": number(0, 1, open_lo=True, optional=True),
+        "dither": number(0, 0.1, open_hi=True), "n_mels": integer(1), "frames": integer(1), "n_fft": integer(16),
+        "f_min": number(0), "f_max": number(0, open_lo=True, optional=True), "griffin_lim_iters": integer(1), **SPLIT_RULES,
+    }  # fmt: skip
+    model_rules = UNET_RULES
 
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
         super().__init__(recipe, cache_dir)

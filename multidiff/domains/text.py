@@ -26,7 +26,8 @@ from ..diffusion.categorical import CategoricalDiffusion
 from ..diffusion.model import DiffusionModel
 from ..errors import UserError
 from ..metrics.text import TextSampleScore
-from ..nets.transformer import TRANSFORMER_DEFAULTS, transformer_from_config
+from ..nets.transformer import TRANSFORMER_DEFAULTS, TRANSFORMER_RULES, transformer_from_config
+from ..settings import choice, integer, number, text
 from .base import Domain, DomainData
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -65,6 +66,13 @@ class TextDomain(Domain):
         "ngram_order": None,  # reference n-gram model for sample NLL; null: 3 for BPE, 5 for characters
     }
     model_defaults = dict(TRANSFORMER_DEFAULTS)
+    data_rules = {
+        "source": choice(("kjv", "pydoc", "path", "hub")), "path": text(optional=True), "text_field": text(),
+        "tokenizer": text(), "vocab_size": integer(257), "seq_len": integer(2),
+        "val_fraction": number(0, 1, open_lo=True, open_hi=True), "split_blocks": integer(1), "split_seed": integer(0),
+        "max_chars": integer(1, optional=True), "ngram_order": integer(1, optional=True),
+    }  # fmt: skip
+    model_rules = TRANSFORMER_RULES
 
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
         super().__init__(recipe, cache_dir)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UserError
+from ..settings import check_settings, flag, integer, number
 
 TRANSFORMER_DEFAULTS: dict[str, Any] = {
     "embed_dim": 64,  # D: dimension of the token embeddings the diffusion runs in
@@ -107,19 +108,17 @@ class SequenceTransformer(nn.Module):
         return self.head(self.out_norm(h, emb))
 
 
+TRANSFORMER_RULES = {
+    "embed_dim": integer(1), "width": integer(1), "layers": integer(1), "heads": integer(1),
+    "mlp_ratio": number(0, open_lo=True), "dropout": number(0, 1, open_hi=True), "self_condition": flag(),
+}  # fmt: skip
+
+
 def transformer_from_config(cfg: dict[str, Any], vocab_size: int, seq_len: int) -> SequenceTransformer:
     """Build from the recipe's ``model`` section (keys of TRANSFORMER_DEFAULTS); UserError on bad values."""
-    for key in ("embed_dim", "width", "layers", "heads"):
-        if not isinstance(cfg[key], int) or isinstance(cfg[key], bool) or cfg[key] < 1:
-            raise UserError(f"model.{key} must be a positive integer, got {cfg[key]!r}")
+    check_settings("model", cfg, TRANSFORMER_RULES)
     if cfg["width"] % cfg["heads"]:
         raise UserError(f"model.width ({cfg['width']}) must be divisible by model.heads ({cfg['heads']})")
-    if not isinstance(cfg["mlp_ratio"], (int, float)) or cfg["mlp_ratio"] <= 0:
-        raise UserError(f"model.mlp_ratio must be a positive number, got {cfg['mlp_ratio']!r}")
-    if not isinstance(cfg["dropout"], (int, float)) or not 0 <= cfg["dropout"] < 1:
-        raise UserError(f"model.dropout must be in [0, 1), got {cfg['dropout']!r}")
-    if not isinstance(cfg["self_condition"], bool):
-        raise UserError(f"model.self_condition must be true or false, got {cfg['self_condition']!r}")
     return SequenceTransformer(
         vocab_size, seq_len, embed_dim=cfg["embed_dim"], width=cfg["width"], layers=cfg["layers"],
         heads=cfg["heads"], mlp_ratio=cfg["mlp_ratio"], dropout=float(cfg["dropout"]),

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..settings import check_settings, int_list, integer, number
+
 
 def _norm(ch: int) -> nn.GroupNorm:
     return nn.GroupNorm(8 if ch % 8 == 0 else 1, ch)
@@ -132,12 +134,23 @@ class UNet(nn.Module):
 
 
 UNET_DEFAULTS: dict[str, Any] = {"channels": 32, "channel_mult": [1, 2], "num_blocks": 1, "attention": [], "dropout": 0.0}
+UNET_RULES = {
+    "channels": integer(1),
+    "channel_mult": int_list(1, nonempty=True),
+    "num_blocks": integer(1),
+    "attention": int_list(0),
+    "dropout": number(0, 1, open_hi=True),
+}
 
 
 def unet_from_config(cfg: dict[str, Any], in_channels: int) -> UNet:
     """A UNet from a recipe's ``model`` section (keys of UNET_DEFAULTS); UserError on bad values."""
     from ..errors import UserError
 
+    check_settings("model", cfg, UNET_RULES)
+    levels = len(cfg["channel_mult"])
+    if any(a >= levels for a in cfg["attention"]):
+        raise UserError(f"model.attention lists levels 0..{levels - 1} (one per model.channel_mult entry), got {cfg['attention']}")
     try:
         return UNet(
             in_channels=in_channels,

@@ -9,13 +9,18 @@ x0-space error ``e``), so the profile costs no extra forward passes:
 2. ``refresh`` (every R steps) all-reduces the bins across processes, folds them into a per-bin
    EMA estimate m̂_k, forms the rate ``r_k = m̂_k / σ_k²`` (smoothed in ln r), gates the low-noise
    end with ``g(σ) = σⁿ / (σⁿ + cⁿ)``, divides by the fixed loss weight so the *effective*
-   allocation p(u)·w(σ) follows r·g, and mixes in a small log-uniform floor;
+   allocation p(u)·w(σ) follows r·g (``allocation: effective``, the paper's reading; with
+   ``allocation: density`` the sampling density itself follows r·g and the loss weight adds its own
+   emphasis on top), and mixes in a small log-uniform floor;
 3. before ``warmup`` steps it samples from a base density (EDM by default).
 
-The onset rule for the gate's c (when not pinned): normalize the ungated density r/w to its
-peak, scan from the peak toward low noise, and take the first σ where it falls below ``onset_p``;
-below that σ the estimate is the learned denoiser's error floor rather than information. If it
-never falls below, c = σ_min (the gate then only halves the very edge of the range).
+The onset rule for the gate's c (when not pinned), ``onset: peak`` (default): normalize the ungated
+density (r/w, or r with ``allocation: density``) to its peak, scan from the peak toward low noise,
+and take the first σ where it falls below ``onset_p``; below that σ the estimate is the learned
+denoiser's error floor rather than information. If it never falls below, c = σ_min (the gate then
+only halves the very edge of the range). ``onset: tail`` is the reading of the paper's appendix
+found in public ports: normalize the per-σ profile m̂/σ³ (the rate per unit σ rather than per unit
+ln σ) by its peak and take c = inf{σ : it stays below ``onset_p`` for every σ′ ≥ σ}.
 """
 from __future__ import annotations
 
@@ -50,6 +55,8 @@ class InfoNoiseParams:
     gate_c: Optional[float] = None  # σ of the low-noise gate; None: onset rule
     gate_n: float = 3.0  # gate exponent n
     onset_p: float = 0.002  # onset threshold, relative to the peak of r/w
+    onset: str = "peak"  # peak: scan the ungated density down from its peak | tail: per-σ profile m̂/σ³, c where it stays below p above
+    allocation: str = "effective"  # effective: p·w ∝ rate·gate (divide by the loss weight) | density: p ∝ rate·gate
     floor: float = 0.03  # mixture weight of log-uniform, so no bin starves
 
 
@@ -59,11 +66,22 @@ def low_noise_gate(sigma: np.ndarray, c: float, n: float) -> np.ndarray:
 
 
 def onset_sigma(u: np.ndarray, ungated: np.ndarray, p: float) -> float:
-    """The onset rule (module docstring): first σ below the peak where ungated/peak < p."""
+    """The ``peak`` onset rule (module docstring): first σ below the peak where ungated/peak < p."""
     rho = ungated / ungated.max()
     peak = int(np.argmax(rho))
     below = np.nonzero(rho[: peak + 1] < p)[0]
     return float(np.exp(u[below.max()])) if below.size else float("nan")
+
+
+def tail_onset_sigma(u: np.ndarray, mmse: np.ndarray, p: float) -> float:
+    """The ``tail`` onset rule: ρ(σ) = (m̂/σ³)/max; c = inf{σ : ρ(σ′) < p for all σ′ ≥ σ} (on the bins)."""
+    per_sigma = np.maximum(mmse, 1e-30) * np.exp(-3 * u)
+    rho = per_sigma / per_sigma.max()
+    above = np.nonzero(rho >= p)[0]
+    if not above.size:
+        return float("nan")
+    last = int(above.max())  # every bin after this one stays below p
+    return float(np.exp(u[last + 1])) if last + 1 < u.size else float("nan")
 
 
 @dataclass
@@ -74,7 +92,7 @@ class Profile:
     mmse: np.ndarray  # m̂, x0-space error per dimension
     rate: np.ndarray  # m̂/σ², smoothed: the entropy-rate profile (up to a constant), per unit u
     gate: np.ndarray  # g(σ)
-    density: np.ndarray  # r·g/w, normalized to integrate to 1 over u (before the floor)
+    density: np.ndarray  # r·g/w (or r·g), normalized to integrate to 1 over u (before the floor)
     c: float  # gate σ
     rule: str  # "pinned" or "onset"
 
@@ -89,6 +107,8 @@ def infonoise_profile(
     gate_n: float = 3.0,
     onset_p: float = 0.002,
     sigma_min: Optional[float] = None,
+    onset: str = "peak",
+    allocation: str = "effective",
 ) -> Profile:
     """The InfoNoise density on bin centres u (ln σ) from per-bin mmse estimates and w(σ)."""
     sigma = np.exp(u)
@@ -96,13 +116,15 @@ def infonoise_profile(
     if smooth > 0:
         log_rate = gaussian_filter1d(log_rate, smooth, mode="nearest")
     rate = np.exp(log_rate)
-    ungated = rate / weight
+    ungated = rate / weight if allocation == "effective" else rate
     if gate_c is not None:
         c, rule = float(gate_c), "pinned"
+    elif onset == "tail":
+        c, rule = tail_onset_sigma(u, mmse, onset_p), "onset (tail)"
     else:
         c, rule = onset_sigma(u, ungated, onset_p), "onset"
-        if not math.isfinite(c):
-            c = float(sigma_min if sigma_min is not None else sigma[0])
+    if not math.isfinite(c):
+        c = float(sigma_min if sigma_min is not None else sigma[0])
     g = low_noise_gate(sigma, c, gate_n)
     density = ungated * g
     du = np.gradient(u)
@@ -122,6 +144,8 @@ class InfoNoise(BinnedSchedule):
         check(0 <= p.floor < 1, "floor must be in [0, 1)")
         check(p.gate_c is None or p.gate_c > 0, "gate_c must be a positive σ or null")
         check(p.base in BASES, f"base must be one of {sorted(BASES)}")
+        check(p.onset in ("peak", "tail"), "onset must be peak or tail")
+        check(p.allocation in ("effective", "density"), "allocation must be effective or density")
         super().__init__(ctx, p, BASES[p.base](ctx))
         self.profile: Optional[Profile] = None
 
@@ -144,6 +168,8 @@ class InfoNoise(BinnedSchedule):
             gate_n=p.gate_n,
             onset_p=p.onset_p,
             sigma_min=self.ctx.sigma_min,
+            onset=p.onset,
+            allocation=p.allocation,
         )
         dens = self.profile.density  # on the bin centres; the table spans the range, flat at the ends
         grid = np.concatenate([[self.ctx.u_min], centers, [self.ctx.u_max]])
