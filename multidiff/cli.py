@@ -78,6 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seeds", type=int, default=1, help="seeds per schedule: the recipe's seed, +1, ... (default 1)")
     c.add_argument("--baseline", help="schedule whose final NELBO the others race to (default: edm if listed, else the first)")
     c.add_argument("--out", help="output directory (default runs/NAME-compare); runs go to OUT/SCHEDULE/seedS")
+    c.add_argument("--runs", help="where the runs live (RUNS/SCHEDULE/seedS; default OUT): several reports can share them")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value for every run; schedule.KEY=V applies to the schedules with parameter KEY")  # fmt: skip
     c.add_argument("--accelerator", choices=["cpu", "gpu", "cuda", "mps", "auto"])
@@ -141,7 +142,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     recipe = resolve(raw, args.recipe, [o for o in overrides if not o.strip().startswith("schedule.")])
     seeds = [int(recipe["seed"]) + i for i in range(args.seeds)]
     run_comparison(raw, args.recipe, parse_schedules(args.schedules), seeds=seeds, overrides=overrides,
-                   out=args.out or f"runs/{recipe['name']}-compare", baseline=args.baseline, overwrite=args.overwrite)  # fmt: skip
+                   out=args.out or f"runs/{recipe['name']}-compare", baseline=args.baseline, overwrite=args.overwrite,
+                   runs=args.runs)  # fmt: skip
     return 0
 
 

@@ -109,6 +109,16 @@ def resolve_full(recipe: dict[str, Any]) -> tuple[dict[str, Any], Domain]:
     return resolved, domain
 
 
+def known_defaults(domain: Domain, recipe: dict[str, Any]) -> dict[str, Any]:
+    """Dotted key → default for the domain's data/model settings and the schedule's parameters."""
+    from .recipe import flatten
+    from .schedules.registry import param_defaults
+
+    name = recipe["schedule"]["name"]
+    sched = {"schedule": param_defaults(name)} if name in REGISTRY else {}
+    return flatten({"data": domain.data_defaults, "model": domain.model_defaults, **sched})
+
+
 def prepare(recipe: dict[str, Any], run_dir: Optional[Path] = None, *, metrics: bool = True) -> Setup:
     """Load data, measure σ_data, build schedule, model and the sample metric; ``Setup.recipe`` is the
     fully resolved recipe. ``run_dir``: an existing run whose saved artifacts (tokenizer,
@@ -351,7 +361,7 @@ def train_run(plan: RunPlan, mode: str = "new", setup: Optional[Setup] = None) -
         setup = prepare(plan.recipe, run_dir if resuming else None)
     if resuming and primary:
         stored = read_run_recipe(run_dir)
-        diff = differences(stored, setup.recipe, RESUMABLE_KEYS)
+        diff = differences(stored, setup.recipe, RESUMABLE_KEYS, known_defaults(setup.domain, setup.recipe))
         if diff:
             was, now = flatten(stored).get(diff[0]), flatten(setup.recipe).get(diff[0])
             raise UserError(f"--resume: {stored_recipe} differs at '{diff[0]}' (run: {was!r}, now: {now!r}); resume with the "
@@ -457,6 +467,8 @@ def train(recipe_path: str, *, schedule: Optional[str], overrides: list[str], ou
         raw = select_schedule(raw, schedule)
     recipe = resolve(raw, recipe_path, overrides)
     label = schedule_label(recipe)
+    if compare_to and ":" in compare_to:
+        raise UserError(f"--compare-to {compare_to}: give a schedule name or file; variants with :KEY=VALUE go to `multidiff compare --schedules`")
     if compare_to:
         base = schedule_label(resolve(select_schedule(raw, compare_to), recipe_path, [o for o in overrides if not o.strip().startswith("schedule.")]))
         if base == label:
@@ -470,9 +482,10 @@ def train(recipe_path: str, *, schedule: Optional[str], overrides: list[str], ou
 
 
 def run_comparison(raw: dict[str, Any], source: str, schedules: list[str], *, seeds: list[int], overrides: list[str],
-                   out: str, baseline: Optional[str] = None, overwrite: bool = False) -> Optional[Path]:  # fmt: skip
+                   out: str, baseline: Optional[str] = None, overwrite: bool = False, runs: Optional[str] = None) -> Optional[Path]:  # fmt: skip
     """Train every schedule × seed under the same model, data order, budget and evaluation into
-    ``OUT/LABEL/seedS`` (finished runs reused, interrupted ones resumed) and write OUT/report.md."""
+    ``RUNS/LABEL/seedS`` (RUNS defaults to OUT; finished runs reused, interrupted ones resumed) and
+    write OUT/report.md."""
     from .report.compare_report import write_report
 
     out_dir = Path(out)
@@ -480,7 +493,10 @@ def run_comparison(raw: dict[str, Any], source: str, schedules: list[str], *, se
         raise UserError(f"--out {out_dir} is a training run directory; pick another directory for the comparison")
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"--out {out_dir} is a file, not a directory")
-    plans = plan_runs(raw, source, schedules, seeds, overrides, out_dir)
+    runs_dir = Path(runs) if runs else out_dir
+    if (runs_dir / "recipe.yaml").is_file():
+        raise UserError(f"--runs {runs_dir} is a training run directory; pick the folder that holds SCHEDULE/seedS runs")
+    plans = plan_runs(raw, source, schedules, seeds, overrides, runs_dir)
     labels = list(dict.fromkeys(p.label for p in plans))
     baseline = baseline or ("edm" if "edm" in labels else labels[0])
     if baseline not in labels:
@@ -488,18 +504,23 @@ def run_comparison(raw: dict[str, Any], source: str, schedules: list[str], *, se
     primary = not is_launched_worker()
     if primary and not overwrite:
         for plan in plans:  # refuse before training anything
-            problem = reuse_problem(plan, resolve_full(plan.recipe)[0])
+            resolved, domain = resolve_full(plan.recipe)
+            problem = reuse_problem(plan, resolved, known_defaults(domain, resolved))
             if problem:
                 raise UserError(problem)
-    first = prepare(plans[0].recipe)  # data, metric and sampler validated before any directory is made
-    if primary:
+    todo = [p for p in plans if overwrite or not finished(p)]
+    first = prepare(todo[0].recipe) if todo else None  # data, metric and sampler validated before any directory is made
+    if primary and first is not None:
         check_device_settings(first.recipe)
     lock = RunLock(out_dir).acquire() if primary else None
     try:
-        if primary and overwrite:
-            clear_directory(out_dir)
         for i, plan in enumerate(plans, 1):
             tag = f"[{i}/{len(plans)}] {plan.label} seed {plan.seed}"
+            if overwrite:
+                if primary:
+                    print(f"{tag}: training → {plan.run_dir} (replacing what was there)", flush=True)
+                train_run(plan, "overwrite")
+                continue
             if finished(plan):
                 if primary:
                     print(f"{tag}: reusing {plan.run_dir} (finished at step {plan.recipe['train']['max_steps']})")
@@ -507,7 +528,7 @@ def run_comparison(raw: dict[str, Any], source: str, schedules: list[str], *, se
             resume = (plan.run_dir / "recipe.yaml").is_file()
             if primary:
                 print(f"{tag}: {'resuming' if resume else 'training'} → {plan.run_dir}", flush=True)
-            train_run(plan, "continue", setup=first if i == 1 and not resume else None)
+            train_run(plan, "continue", setup=first if plan is todo[0] and not resume else None)
         if not primary:
             return None
         groups = {label: [p.run_dir for p in plans if p.label == label] for label in labels}

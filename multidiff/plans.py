@@ -34,10 +34,28 @@ class RunPlan:
 
 
 def parse_schedules(text: str) -> list[str]:
+    """``--schedules edm,infonoise,infonoise:allocation=density``: names or files, each optionally
+    followed by ``:KEY=VALUE`` parameters (a variant of that schedule, labelled by the whole spec)."""
     names = [s.strip() for s in text.split(",") if s.strip()]
     if not names:
         raise UserError("--schedules: give at least one schedule, e.g. --schedules edm,infonoise")
     return names
+
+
+def split_spec(spec: str) -> tuple[str, list[str]]:
+    """``infonoise:allocation=density:onset=tail`` → (``infonoise``, [``schedule.allocation=density``, ...])."""
+    name, *params = spec.split(":")
+    for p in params:
+        if "=" not in p or not p.split("=", 1)[0]:
+            raise UserError(f"--schedules {spec}: parameters follow the name as :KEY=VALUE, got {p!r}")
+    return name, [f"schedule.{p}" for p in params]
+
+
+def spec_label(spec: str) -> str:
+    """The run-directory label of a schedule spec: its name (a file's stem), then its parameters."""
+    name, params = split_spec(spec)
+    base = name if name in REGISTRY else Path(name).stem
+    return "-".join([base, *(p[len("schedule."):] for p in params)])
 
 
 def _schedule_overrides(name: str, overrides: list[str]) -> list[str]:
@@ -48,25 +66,29 @@ def _schedule_overrides(name: str, overrides: list[str]) -> list[str]:
 def plan_runs(raw: dict[str, Any], source: str, schedules: list[str], seeds: list[int], overrides: list[str], out: Path) -> list[RunPlan]:
     """The runs to make, every recipe resolved and every schedule built once (validation only)."""
     labels = []
-    for name in schedules:
+    for spec in schedules:
+        name, _ = split_spec(spec)
         if name not in REGISTRY and not is_schedule_file(name):
             raise UserError(f"--schedules: unknown schedule {name!r}; choose from {', '.join(REGISTRY)} or a schedule file (.json)")
-        label = name if name in REGISTRY else Path(name).stem
+        label = spec_label(spec)
         if label in labels:
             raise UserError(f"--schedules: {label!r} appears twice")
         labels.append(label)
     general = [o for o in overrides if not o.strip().startswith("schedule.")]
     per_schedule = [o for o in overrides if o.strip().startswith("schedule.")]
+    names = [split_spec(s)[0] for s in schedules]
     for o in per_schedule:
         key = o.split("=", 1)[0].strip()
         if key == "schedule.name":
             raise UserError("--set schedule.name: choose schedules with --schedules")
-        if not any(_schedule_overrides(n, [o]) for n in schedules):
-            raise UserError(f"--set {o}: none of the schedules {', '.join(schedules)} has parameter '{key.split('.', 1)[1]}'")
+        if not any(_schedule_overrides(n, [o]) for n in names):
+            raise UserError(f"--set {o}: none of the schedules {', '.join(names)} has parameter '{key.split('.', 1)[1]}'")
     plans = []
-    for name, label in zip(schedules, labels):
+    for spec, label in zip(schedules, labels):
+        name, own = split_spec(spec)
         for seed in seeds:
-            recipe = resolve(select_schedule(raw, name), source, general + _schedule_overrides(name, per_schedule) + [f"seed={seed}"])
+            sets = general + _schedule_overrides(name, per_schedule) + own + [f"seed={seed}"]
+            recipe = resolve(select_schedule(raw, name), source, sets)
             if seed == seeds[0]:
                 _validate_schedule(recipe)
             plans.append(RunPlan(label, seed, recipe, Path(out) / label / f"seed{seed}"))
@@ -99,7 +121,7 @@ def finished(plan: RunPlan) -> bool:
     return trained_steps(plan) == int(plan.recipe["train"]["max_steps"]) and (plan.run_dir / "checkpoints" / "last.ckpt").is_file()
 
 
-def reuse_problem(plan: RunPlan, resolved: dict[str, Any]) -> Optional[str]:
+def reuse_problem(plan: RunPlan, resolved: dict[str, Any], defaults: Optional[dict[str, Any]] = None) -> Optional[str]:
     """Why the plan's existing run directory cannot be reused or resumed (None if it can, or is new).
 
     ``resolved``: the plan's recipe with every data-independent default filled in, compared key by
@@ -115,7 +137,7 @@ def reuse_problem(plan: RunPlan, resolved: dict[str, Any]) -> Optional[str]:
         return None
     stored = resolve(load_recipe_file(path, what="run recipe"), str(path))
     allowed = REUSABLE_KEYS | ({"diffusion.sigma_data"} if resolved["diffusion"]["sigma_data"] is None else set())
-    diff = differences(stored, resolved, allowed)
+    diff = differences(stored, resolved, allowed, defaults)
     if diff:
         was, now = flatten(stored).get(diff[0]), flatten(resolved).get(diff[0])
         return f"{run_dir} was trained with a different recipe (differs at '{diff[0]}': {was!r} there, {now!r} now); use another --out or move it away"

@@ -316,11 +316,23 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def differences(stored: dict[str, Any], new: dict[str, Any], allowed: frozenset[str] = RESUMABLE_KEYS) -> list[str]:
-    """Keys (dotted) whose values differ between two resolved recipes, except ``allowed`` ones."""
+def differences(stored: dict[str, Any], new: dict[str, Any], allowed: frozenset[str] = RESUMABLE_KEYS,
+                defaults: Optional[dict[str, Any]] = None) -> list[str]:  # fmt: skip
+    """Keys (dotted) whose values differ between two resolved recipes, except ``allowed`` ones.
+
+    A key the stored recipe lacks (written by an older version) counts as equal when the new value
+    is that key's default (``defaults``: dotted key → default), so upgrading never strands a run.
+    """
     a, b = flatten(stored), flatten(new)
+    defaults = {**flatten(SECTION_DEFAULTS), **(defaults or {})}
     skip = {"description"}
-    return sorted(k for k in set(a) | set(b) if k not in allowed and k not in skip and a.get(k) != b.get(k))
+
+    def same(k: str) -> bool:
+        if k not in a and k in defaults:
+            return b.get(k) == defaults[k]
+        return a.get(k) == b.get(k)
+
+    return sorted(k for k in set(a) | set(b) if k not in allowed and k not in skip and not same(k))
 
 
 def dump(recipe: dict[str, Any]) -> str:

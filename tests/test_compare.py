@@ -101,3 +101,20 @@ def test_schedule_list_names_every_schedule(capsys):
     for name in REGISTRY:
         assert f"\n{name} " in "\n" + out
     assert "measure = fd" in out and "patience = 200" in out and "function = sigmoid" in out
+
+
+def test_schedule_variants_and_a_shared_pool_of_runs(tmp_path, capsys):
+    pool, a, b = tmp_path / "pool", tmp_path / "report-a", tmp_path / "report-b"
+    args = compare_args(a, schedules="edm,infonoise:allocation=density:warmup=2", steps=4) + ["--runs", str(pool)]
+    assert main(args) == 0
+    variant = pool / "infonoise-allocation=density-warmup=2" / "seed0"
+    recipe = (variant / "recipe.yaml").read_text()
+    assert "allocation: density" in recipe and "warmup: 2" in recipe
+    assert "| infonoise-allocation=density-warmup=2 |" in (a / "report.md").read_text()
+    assert not (a / "edm").exists()  # the runs live in the pool, the report where --out says
+    capsys.readouterr()
+    assert main(compare_args(b, schedules="edm", steps=4) + ["--runs", str(pool)]) == 0
+    assert "reusing" in capsys.readouterr().out  # a second report over the same runs trains nothing
+    assert (b / "report.md").is_file()
+    msg = main(compare_args(b, schedules="edm,infonoise:allocation", steps=4) + ["--runs", str(pool)])
+    assert msg == 2 and ":KEY=VALUE" in capsys.readouterr().err

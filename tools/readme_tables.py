@@ -1,0 +1,119 @@
+"""Rerun the README's comparisons and rewrite the result tables it shows.
+
+    python tools/readme_tables.py                 # every preset (hours on a 2-core CPU)
+    python tools/readme_tables.py digits text     # some of them
+    python tools/readme_tables.py --tables-only   # only rewrite tables from finished runs
+
+Each preset is one ``multidiff compare`` (finished runs are reused, interrupted ones resumed, so the
+command can be stopped and restarted). Its runs live under ``runs/readme/runs/RECIPE/`` (shared by
+presets on the same recipe; paths are relative to the working directory), its report under
+``runs/readme/PRESET/``. The table goes to
+``docs/results/PRESET.md`` and replaces the block between ``<!-- results:PRESET -->`` and
+``<!-- /results:PRESET -->`` in the README, with the command that made it beside it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+OUT = Path("runs/readme")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "digits": {"recipe": "recipes/binary_digits.yaml", "schedules": "edm,infonoise,laplace,crs,infonoise:allocation=density", "seeds": 3},
+    "fashion": {"recipe": "recipes/binary_fashion_cpu.yaml", "schedules": "edm,infonoise,laplace", "seeds": 3},
+    "fashion-allocation": {"recipe": "recipes/binary_fashion_cpu.yaml", "schedules": "edm,infonoise,infonoise:allocation=density", "seeds": 1},
+    "text": {"recipe": "recipes/text_kjv.yaml", "schedules": "edm,infonoise", "seeds": 3},
+    "audio": {"recipe": "recipes/audio_digits.yaml", "schedules": "edm,infonoise,infonoise:allocation=density", "seeds": 1},
+    "latent": {"recipe": "recipes/latent_fashion.yaml", "schedules": "edm,infonoise,infonoise:allocation=density", "seeds": 1},
+}
+
+
+def command(name: str) -> list[str]:
+    p = PRESETS[name]
+    runs = OUT / "runs" / Path(p["recipe"]).stem
+    return ["multidiff", "compare", p["recipe"], "--schedules", p["schedules"], "--seeds", str(p["seeds"]),
+            "--out", str(OUT / name), "--runs", str(runs)]  # fmt: skip
+
+
+def _cell(mean: Optional[float], sd: Optional[float]) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.4g}" + (f" ± {sd:.2g}" if sd is not None else "")
+
+
+def _speedup(m: dict[str, Any]) -> str:
+    sp = m.get("speedup")
+    if not sp or sp.get("mean") is None:
+        return "–"
+    ci = sp.get("interval")
+    ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    return f"{sp['mean']:.2f}×{ci_txt} ({sp['verdict']})"
+
+
+def table(name: str) -> str:
+    """The markdown table of a preset's finished comparison (from its summary.json)."""
+    out = OUT / name
+    summary = json.loads((out / "summary.json").read_text())
+    specs, seeds = summary["metrics"], summary["seeds"]
+    raced = [k for k, spec in specs.items() if spec["lower"] is not None]
+    head = ["schedule", *[specs[k]["label"] for k in specs], *[f"speedup on {specs[k]['label']}" for k in raced]]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for label, s in summary["schedules"].items():
+        cells = [_cell(s["metrics"][k]["mean"], s["metrics"][k]["sd"]) for k in specs]
+        cells += ["baseline" if label == summary["baseline"] else _speedup(s["metrics"][k]) for k in raced]
+        lines.append("| " + " | ".join([label, *cells]) + " |")
+    noise = [f"{specs[k]['label']} {m:.3g}" for k in specs if k != "nelbo"
+             for m in [_mean([s["metrics"][k].get("eval_noise_sd") for s in summary["schedules"].values()])] if m is not None]  # fmt: skip
+    seeds_txt = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}): mean ± seed-to-seed sd" if len(seeds) > 1 else \
+        "one seed (no interval: a single seed cannot separate close results)"  # fmt: skip
+    lines += ["", f"{seeds_txt}; speedup = steps to reach the baseline's final value, geometric mean over seeds "
+              f"with a bootstrap 95 % interval." + (f" Evaluation noise (same weights, other sample seed): {', '.join(noise)}." if noise else "")]  # fmt: skip
+    return "\n".join(lines)
+
+
+def _mean(values: list[Optional[float]]) -> Optional[float]:
+    v = [x for x in values if x is not None]
+    return sum(v) / len(v) if v else None
+
+
+def write(name: str) -> None:
+    cmd = " ".join(command(name))
+    block = f"```bash\n{cmd}\n```\n\n{table(name)}\n"
+    docs = ROOT / "docs" / "results" / f"{name}.md"
+    docs.parent.mkdir(parents=True, exist_ok=True)
+    docs.write_text(f"# {name}\n\nMade by `python tools/readme_tables.py {name}`, which runs:\n\n{block}\nFull report: `{OUT / name}/report.md`.\n")
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    pattern = re.compile(rf"(<!-- results:{re.escape(name)} -->\n).*?(<!-- /results:{re.escape(name)} -->)", re.S)
+    if pattern.search(text):
+        readme.write_text(pattern.sub(lambda m: m.group(1) + block + m.group(2), text))
+    print(f"{name}: {docs}")
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("presets", nargs="*", help=f"presets to run (default all): {', '.join(PRESETS)}")
+    p.add_argument("--tables-only", action="store_true", help="do not train; rewrite tables from finished runs")
+    args = p.parse_args()
+    names = args.presets or list(PRESETS)
+    unknown = [n for n in names if n not in PRESETS]
+    if unknown:
+        p.error(f"unknown preset {unknown[0]!r}; presets: {', '.join(PRESETS)}")
+    for name in names:
+        if not args.tables_only:
+            cmd = [sys.executable, "-m", "multidiff", *command(name)[1:]]
+            cmd[4] = str(ROOT / cmd[4])  # the recipe of this checkout, whatever the working directory
+            if subprocess.run(cmd).returncode != 0:
+                return 1
+        write(name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
