@@ -191,8 +191,8 @@ def cmd_schedule_show(args: argparse.Namespace) -> int:
     print(f"{args.file}: method {t.method}, domain {meta.get('domain')}, dataset {meta.get('dataset')}, step {t.step}")
     print(f"  σ range [{t.sigma_min:g}, {t.sigma_max:g}], σ_data {meta.get('sigma_data')}, weighting {meta.get('weighting')}")
     print(f"  density peaks at σ = {density_peak(t):.4g}; σ quantiles 5% {quant[0.05]:.4g} · 50% {quant[0.5]:.4g} · 95% {quant[0.95]:.4g}")
-    if t.gate:
-        print(f"  gate: c = {t.gate.get('c', float('nan')):.4g} ({t.gate.get('rule', '?')}), n = {t.gate.get('n')}")
+    for note in t.notes:
+        print(f"  {note}")
     out = Path(args.output) if args.output else Path(args.file).with_suffix(".png")
     try:
         plot_schedule(t, out)

@@ -67,7 +67,7 @@ def test_infogrid_places_sigmas_at_equal_information():
     pu = u[1:-1]
     rate = np.exp(-((pu - 0.0) ** 2))  # information concentrated around σ = 1
     table = ScheduleTable("infonoise", 0.002, 80.0, u.tolist(), [1.0] * 98, np.linspace(0, 1, 98).tolist(),
-                          profile={"u": pu.tolist(), "rate": rate.tolist()}, gate={"c": 1e-6, "n": 3.0})  # fmt: skip
+                          sampling={"u": pu.tolist(), "density": rate.tolist()})  # fmt: skip
     sig = sampling.from_schedule(table, 9, mix=0.0)[:-1].double()  # the learned profile alone
     info = stats.norm(0, math.sqrt(0.5))  # ∝ exp(−u²) is N(0, ½) in u
     q = info.cdf(sig.log().numpy())
@@ -97,8 +97,9 @@ def test_learned_grid_integrates_an_exact_gaussian_denoiser(steps):
     u = np.linspace(math.log(0.002), math.log(80), 96)
     sig = np.exp(u)
     rate = binary_mmse(sig) / sig**2  # the ±1 profile with the binary recipes' gate: a digits-like InfoGrid
+    info = rate / (1 + (0.2 / sig) ** 3)  # gated at c = 0.2
     table = ScheduleTable("infonoise", 0.002, 80.0, u.tolist(), [1.0] * 96, np.linspace(0, 1, 96).tolist(),
-                          profile={"u": u.tolist(), "rate": rate.tolist()}, gate={"c": 0.2, "n": 3.0})  # fmt: skip
+                          sampling={"u": u.tolist(), "density": info.tolist()})  # fmt: skip
     x0 = torch.randn(4096, 16, generator=torch.Generator().manual_seed(0))
     ends = {}
     for name, mix in (("alone", 0.0), ("learned", sampling.GRID_MIX)):

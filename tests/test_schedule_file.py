@@ -104,3 +104,22 @@ def test_unknown_schedule_and_parameter_are_user_errors():
         build_schedule("infonoise", {"warmup": "soon"}, CTX)
     with pytest.raises(UserError, match="floor"):
         build_schedule("infonoise", {"floor": 1.5}, CTX)
+
+
+def test_the_file_carries_the_sampling_density_and_older_files_still_give_the_infogrid(tmp_path, good):
+    import json
+
+    import numpy as np
+
+    from multidiff.diffusion.sampling import from_schedule
+
+    data = json.loads(good.read_text())
+    prof, gate = data["profile"], data["gate"]
+    info = np.asarray(prof["rate"]) * np.asarray(prof["gate"])  # the gated rate, as the schedule exported it
+    assert np.allclose(data["sampling"]["density"][1:-1], info) and data["sampling"]["u"][1:-1] == prof["u"]
+    assert any("gate" in note for note in data["notes"])
+    new = from_schedule(str(good), 12)
+    del data["sampling"]  # a file written before the field existed
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    assert gate["c"] > 0 and torch.allclose(from_schedule(str(old), 12), new, rtol=1e-5)

@@ -12,6 +12,7 @@ from multidiff.diffusion.sampling import from_schedule
 from multidiff.metrics.frechet import frechet_distance
 from multidiff.schedules.crs import gaussian_path_speed
 from multidiff.schedules.io import load_schedule_file, save_schedule_file
+from multidiff.schedules.base import ScheduleContext
 from multidiff.schedules.registry import build_schedule
 from multidiff.schedules.tabulated import TabulatedSchedule
 from multidiff.schedules.timewarp import isotonic_increasing
@@ -168,7 +169,7 @@ def test_crs_xi_sharpens_and_the_sampling_grid_is_its_cdf():
     p1, p2 = flat.pdf(mids).double().numpy(), sharp.pdf(mids).double().numpy()
     assert np.allclose(p2 / p2.max(), (p1 / p1.max()) ** 2, rtol=1e-3, atol=1e-9)
     # `--sigmas learned` for CRS: σ's at equal quantiles of its CDF
-    sigmas = from_schedule(flat, 9)
+    sigmas = from_schedule(flat, 9, mix=0.0)  # the learned density alone; `learned` mixes in EDM's ρ-spacing
     cdf = flat.cdf(sigmas[:-1].log()).double().numpy()
     assert np.allclose(cdf, np.linspace(1, 0, 9), atol=1e-4)
 
@@ -326,3 +327,22 @@ def test_compare_report_says_when_a_curriculum_never_finished():
     assert len(stuck) == 1 and "stage 1 of 5" in stuck[0] and "30-step" in stuck[0]
     s.stage = 4  # the last stage: the plain base, nothing to warn about
     assert schedule_notes({"curriculum": s.to_table()}) == []
+
+
+@pytest.mark.parametrize("sigma_data", [0.5, 2.0])
+def test_logsnr_families_follow_sigma_data_as_k_diffusion_does(sigma_data):
+    """k-diffusion's v-diffusion density draws t ~ U and σ = σ_data·tan(πt/2); multidiff's cosine
+    must give the same law, and laplace must be Laplace(μ, b) in λ = 2 ln(σ_data/σ)."""
+    from scipy import stats
+
+    ctx = ScheduleContext(0.002, 80.0, sigma_data)
+    g = torch.Generator().manual_seed(0)
+    sigma = build_schedule("cosine", {}, ctx).sample(20000, g).double().numpy()
+    t = 2 / np.pi * np.arctan(sigma / sigma_data)
+    lo, hi = (2 / np.pi * np.arctan(s / sigma_data) for s in (0.002, 80.0))
+    assert stats.kstest(t, stats.uniform(lo, hi - lo).cdf).pvalue > 1e-3
+    lam = 2 * np.log(sigma_data / build_schedule("laplace", {}, ctx).sample(20000, g).double().numpy())
+    lam_lo, lam_hi = 2 * np.log(sigma_data / 80.0), 2 * np.log(sigma_data / 0.002)
+    law = stats.laplace(0.0, 0.5)
+    truncated = lambda x: (law.cdf(x) - law.cdf(lam_lo)) / (law.cdf(lam_hi) - law.cdf(lam_lo))  # noqa: E731
+    assert stats.kstest(lam, truncated).pvalue > 1e-3

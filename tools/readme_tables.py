@@ -97,10 +97,13 @@ def write(name: str) -> None:
 
 
 def main() -> int:
+    global OUT
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("presets", nargs="*", help=f"presets to run (default all): {', '.join(PRESETS)}")
     p.add_argument("--tables-only", action="store_true", help="do not train; rewrite tables from finished runs")
+    p.add_argument("--root", default="runs/readme", help="where runs and reports go (default runs/readme)")
     args = p.parse_args()
+    OUT = Path(args.root)
     names = args.presets or list(PRESETS)
     unknown = [n for n in names if n not in PRESETS]
     if unknown:

@@ -81,18 +81,10 @@ def from_schedule(schedule: Any, n: int, mix: float = GRID_MIX, rho: float = 7.0
 
 
 def sampling_density(table: Any) -> tuple[np.ndarray, np.ndarray]:
-    """(u, density) on which sampling σ's are placed: r·g for an information profile, else the pdf."""
-    prof, gate = table.profile, table.gate
-    if prof.get("rate") and prof.get("u") and "c" in gate:
-        pu, rate = np.asarray(prof["u"]), np.asarray(prof["rate"])
-        sigma = np.exp(pu)
-        info = rate / (1 + (gate["c"] / sigma) ** gate.get("n", 3.0))
-        lo, hi = math.log(table.sigma_min), math.log(table.sigma_max)
-        if pu[0] > lo:  # bin centres: extend flat to the range's ends
-            pu, info = np.r_[lo, pu], np.r_[info[0], info]
-        if pu[-1] < hi:
-            pu, info = np.r_[pu, hi], np.r_[info, info[-1]]
-        return pu, info
+    """(u, density) on which sampling σ's are placed: the table's sampling density when the schedule
+    gives one (InfoNoise: its gated information rate), else its training pdf."""
+    if table.sampling:
+        return np.asarray(table.sampling["u"]), np.asarray(table.sampling["density"])
     return np.asarray(table.u), np.asarray(table.pdf)
 
 

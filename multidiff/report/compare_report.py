@@ -298,22 +298,35 @@ def plot_densities(tables: dict[str, ScheduleTable], path: Path) -> Path:
     return path
 
 
-def _stages(run_dir: Path) -> list[tuple[int, int]]:
-    """Curriculum stage changes (step, stage) from refreshes.csv."""
-    return [(int(r["step"]), int(r["stage"])) for r in refresh_rows(run_dir) if r.get("stage")]
+TIMING_KEYS = ("refresh_s", "step_s", "cost_steps", "probe_calls", "probe_examples", "active")
+
+
+def _record_series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """The numeric columns of a run's refresh records (schedule_history/refreshes.csv) over steps."""
+    out: dict[str, tuple[list[int], list[float]]] = {}
+    for row in refresh_rows(run_dir):
+        for key, value in row.items():
+            if key in ("step", *TIMING_KEYS) or not value:
+                continue
+            try:
+                out.setdefault(key, ([], []))[0].append(int(float(row["step"])))
+                out[key][1].append(float(value))
+            except ValueError:
+                continue
+    return out
 
 
 def _has_profile(table: ScheduleTable, run_dir: Path) -> bool:
-    return bool(table.profile.get("u")) or bool(_stages(run_dir))
+    return bool(table.profile.get("u")) or bool(_record_series(run_dir))
 
 
 def _profile_panel(ax, label: str, table: ScheduleTable, run_dir: Path) -> None:
-    """One schedule's learned estimate, or a curriculum's stages over training."""
+    """One schedule's learned estimate, or else how its refresh records moved over training."""
     if not plot_learned_profile_axes(ax, table):
-        steps, values = zip(*([(0, 0)] + _stages(run_dir)))
-        ax.step(steps, values, where="post")
+        for key, (steps, values) in _record_series(run_dir).items():
+            ax.step([0, *steps], [values[0], *values], where="post", label=key)
         ax.set_xlabel("training step")
-        ax.set_ylabel("curriculum stage")
+        ax.legend(fontsize=8)
     ax.set_title(label, fontsize=10)
 
 
@@ -332,17 +345,5 @@ def plot_profiles(groups: dict[str, list[Path]], tables: dict[str, ScheduleTable
 
 
 def schedule_notes(tables: dict[str, ScheduleTable]) -> list[str]:
-    """Plain-language remarks on how a schedule ended, where its final table alone would mislead."""
-    notes = []
-    for label, table in tables.items():
-        params = table.params or {}
-        if "stage" in params and "clusters" in params:
-            stage, clusters = int(params["stage"]), int(params["clusters"])
-            if stage < clusters - 1:
-                notes.append(f"{label}: ended at stage {stage + 1} of {clusters}, so it never trained on "
-                             f"the lowest-noise clusters; the smoothed loss kept improving within every "
-                             f"{params.get('patience', '?')}-step patience window. Give it a longer budget or a "
-                             f"smaller `schedule.patience` to see the full curriculum.")  # fmt: skip
-    return notes
-
-
+    """Each schedule's own remarks on how it ended (from its table), labelled."""
+    return [f"{label}: {note}" for label, table in tables.items() for note in table.notes]

@@ -40,42 +40,20 @@ def plot_density_axes(ax, tables: dict[str, ScheduleTable], reference: bool = Tr
     ax.legend(fontsize=8)
 
 
-def plot_profile_axes(ax, table: ScheduleTable) -> None:
-    prof, gate = table.profile, table.gate
-    sigma = np.exp(np.asarray(prof["u"]))
-    rate = np.asarray(prof["rate"])
-    ax.plot(sigma, np.asarray(prof["mmse"]), label="m̂(σ): x0 error per dim")
-    ax.plot(sigma, rate / rate.max(), label="rate m̂/σ² (normalized)")
-    if "c" in gate:
-        g = 1 / (1 + (gate["c"] / sigma) ** gate.get("n", 3.0))
-        gated = rate * g
-        ax.plot(sigma, gated / gated.max(), label="gated rate (normalized)")
-        ax.axvline(gate["c"], color="gray", ls=":", lw=1, label=f"gate c={gate['c']:.3g} ({gate.get('rule', '')})")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_ylim(1e-4, 2)
-    ax.set_xlabel("σ")
-    ax.set_title("estimated profile")
-    ax.legend(fontsize=8)
-
-
 def plot_learned_profile_axes(ax, table: ScheduleTable) -> bool:
-    """A schedule's learned estimate: InfoNoise's profile, or any other profile lists (CRS speed,
-    timewarp fit, adaptive loss) on one scale (÷ the largest value), logarithmic when they span over
-    two decades. False when the table has no profile."""
+    """A schedule's learned estimate: every list of its profile (InfoNoise's mmse, rate and gate,
+    CRS's speed, timewarp's fit, adaptive's loss), each ÷ its largest value, on a logarithmic scale
+    when they span over two decades. False when the table has no profile."""
     prof = table.profile
-    if prof.get("rate") and prof.get("mmse") and "c" in table.gate:
-        plot_profile_axes(ax, table)
-        return True
     if not prof.get("u"):
         return False
     sigma = np.exp(np.asarray(prof["u"]))
     series = {k: np.asarray(v, dtype=float) for k, v in prof.items() if k not in ("u", "counts")}
-    top = max((float(v.max()) for v in series.values()), default=0.0)  # one scale: fit and data stay comparable
-    positive = [float(v[v > 0].min()) for v in series.values() if (v > 0).any()]
-    span = top / min(positive) if positive and top > 0 else 1.0
-    for key, v in series.items():
-        ax.plot(sigma, v / top if top > 0 else v, label=key)
+    scaled = {k: v / v.max() if v.max() > 0 else v for k, v in series.items()}
+    positive = [float(v[v > 0].min()) for v in scaled.values() if (v > 0).any()]
+    span = 1 / min(positive) if positive else 1.0
+    for key, v in scaled.items():
+        ax.plot(sigma, v, label=key)
     ax.set_xscale("log")
     if span > 100:
         ax.set_yscale("log")

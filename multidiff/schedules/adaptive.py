@@ -20,6 +20,7 @@ from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 from .base import Schedule, ScheduleContext
+from .bases import fixed_schedule
 from .learned import BinnedSchedule, check, fill_log_interp
 from .tabulated import TabulatedDensity
 
@@ -43,8 +44,6 @@ class Adaptive(BinnedSchedule):
     what = "weighted loss"
 
     def __init__(self, ctx: ScheduleContext, params: Optional[AdaptiveParams] = None) -> None:
-        from .registry import fixed_schedule
-
         p = params or AdaptiveParams()
         check(0 < p.floor <= 1, "floor must be in (0, 1]: it bounds the importance weights by about 1/floor")
         super().__init__(ctx, p, fixed_schedule(p.target, ctx))

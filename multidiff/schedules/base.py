@@ -27,13 +27,15 @@ class ScheduleContext:
     """What a schedule may know about the run it serves.
 
     sigma_min, sigma_max: the σ range (σ, not ln σ). sigma_data: RMS of the encoded data.
-    weight: the recipe's fixed loss weight w(σ) (takes σ, returns w); ``None`` means w ≡ 1.
+    weight: the fixed loss weight w(σ) of the training loss in x0 terms (takes σ, returns w). Only
+    schedules that need it (InfoNoise divides it out) refuse a context without one.
     """
 
     sigma_min: float
     sigma_max: float
     sigma_data: float = 1.0
     weight: Optional[WeightFn] = None
+    weighting: Optional[str] = None  # the weight's name, recorded in schedule files (edm, snr, eps-mse, ...)
 
     def __post_init__(self) -> None:
         if not (0 < self.sigma_min < self.sigma_max) or not math.isfinite(self.sigma_max):
@@ -57,7 +59,9 @@ class ScheduleTable:
 
     ``u`` is a grid of ln σ, ``pdf`` the density per unit u on it, ``cdf`` its integral. ``profile``
     holds what an adaptive schedule estimated (its own ``u`` grid, e.g. ``mmse``, ``rate``,
-    ``counts``); ``gate`` the InfoNoise low-noise gate; ``params`` the method's parameters.
+    ``counts``); ``gate`` a low-noise gate (InfoNoise); ``params`` the method's parameters;
+    ``sampling`` the density sampling grids are placed by (``u``, ``density``; empty: ``pdf``);
+    ``notes`` plain-language remarks a report or ``schedule show`` prints.
     """
 
     method: str
@@ -70,6 +74,8 @@ class ScheduleTable:
     gate: dict[str, Any] = field(default_factory=dict)
     params: dict[str, Any] = field(default_factory=dict)
     step: int = 0
+    sampling: dict[str, list[float]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
 class Probe(Protocol):
@@ -112,6 +118,7 @@ class Schedule:
         self.ctx = ctx
         self.params = params
         self.device = torch.device("cpu")
+        self.last_refresh = 0  # step of the latest refresh (recorded in exported tables)
 
     # ---- the distribution, on u = ln σ -------------------------------------------------------
     def pdf(self, u: Tensor) -> Tensor:
@@ -188,8 +195,19 @@ class Schedule:
             pdf = self.pdf(u.to(self.device, torch.float32)).double().cpu()
         return self.table_from(TabulatedDensity(u, pdf))
 
+    # ---- what the schedule tells its users, through the table ---------------------------------
+    def sampling_density(self) -> Optional[tuple[list[float], list[float]]]:
+        """(u, density) on which sampling σ's should be placed, when that is not the training pdf
+        (InfoNoise: the gated information rate). None: the pdf."""
+        return None
+
+    def notes(self) -> list[str]:
+        """Plain-language remarks on the current state (printed by reports and ``schedule show``)."""
+        return []
+
     def table_from(self, dens: Any, profile: Optional[dict[str, list[float]]] = None) -> ScheduleTable:
         """The schedule-file table of a :class:`TabulatedDensity` (u, pdf, cdf as exported)."""
+        sampling = self.sampling_density()
         return ScheduleTable(
             method=self.name,
             sigma_min=self.ctx.sigma_min,
@@ -199,7 +217,20 @@ class Schedule:
             cdf=dens.c64.tolist(),
             profile=profile or {},
             params=_params_dict(self.params),
+            sampling={"u": list(sampling[0]), "density": list(sampling[1])} if sampling else {},
+            notes=self.notes(),
+            step=int(self.last_refresh),
         )
+
+    def save(self, path: Any, **meta: Any) -> Any:
+        """Write the current table as a schedule file (any loop's ``multidiff train --schedule FILE``
+        and sampling grids read it). σ_data and the weighting are filled in from the context; ``meta``
+        adds ``domain``, ``dataset`` and anything else worth recording (kept under ``info``)."""
+        from .io import save_schedule_file
+
+        fields = {"sigma_data": self.ctx.sigma_data, "weighting": self.ctx.weighting}
+        known = {k: meta.pop(k) for k in ("domain", "dataset") if k in meta}
+        return save_schedule_file(path, self.to_table(), {**fields, **known, "info": meta})
 
 
 def _params_dict(params: Any) -> dict[str, Any]:
@@ -215,6 +246,31 @@ def all_reduce_sum_(*tensors: Tensor) -> None:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         for t in tensors:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
+
+
+def merge_into_rank0_(*tensors: Tensor) -> None:
+    """Sum every process's pending statistics into rank 0 and clear them elsewhere (before a
+    checkpoint, which rank 0 writes), so nothing is counted twice after a resume."""
+    all_reduce_sum_(*tensors)
+    keep_on_rank0_(*tensors)
+
+
+def keep_on_rank0_(*tensors: Tensor) -> None:
+    """Clear the tensors on every process but rank 0 (after loading statistics that rank 0's
+    checkpoint holds for everyone)."""
+    if process_rank() != 0:
+        for t in tensors:
+            t.zero_()
+
+
+def share_from_rank0(array: "np.ndarray", device: torch.device) -> "np.ndarray":
+    """Rank 0's array on every process (through a device tensor: NCCL reduces only CUDA tensors)."""
+    import numpy as np
+
+    mine = array if process_rank() == 0 else np.zeros_like(array)
+    shared = torch.as_tensor(mine, dtype=torch.float64, device=device)
+    all_reduce_sum_(shared)
+    return shared.cpu().numpy().copy()
 
 
 def process_rank() -> int:

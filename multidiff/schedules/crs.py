@@ -36,7 +36,8 @@ from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 from ..metrics.frechet import gaussian_fit
-from .base import Probe, ScheduleContext, all_reduce_sum_, process_rank, world_size
+from .base import Probe, ScheduleContext, all_reduce_sum_, process_rank, share_from_rank0, world_size
+from .bases import fixed_schedule
 from .learned import LearnedSchedule, check, mix_floor
 from .tabulated import TabulatedDensity
 
@@ -95,8 +96,6 @@ class CRS(LearnedSchedule):
     name = "crs"
 
     def __init__(self, ctx: ScheduleContext, params: Optional[CRSParams] = None) -> None:
-        from .registry import fixed_schedule
-
         p = params or CRSParams()
         check(p.measure in MEASURES, f"measure must be one of {', '.join(MEASURES)}, got {p.measure!r}")
         check(p.xi > 0, "xi must be > 0")
@@ -131,12 +130,8 @@ class CRS(LearnedSchedule):
         return mix_floor(table, self.params.floor, self.ctx)
 
     def _install(self, speed: np.ndarray, step: int, info: dict[str, Any]) -> None:
-        # every process takes rank 0's estimate, so all sample from the same table (on the device:
-        # NCCL reduces only CUDA tensors)
-        mine = speed if process_rank() == 0 else np.zeros_like(speed)
-        shared = torch.as_tensor(mine, dtype=torch.float64, device=self.device)
-        all_reduce_sum_(shared)
-        self.speed = shared.cpu().numpy().copy()
+        # every process takes rank 0's estimate, so all sample from the same table
+        self.speed = share_from_rank0(speed, self.device)
         warmup = 0 if not self.model_based else self.params.warmup
         self.switch(self._rebuild(), step, warmup, info)
 
@@ -158,6 +153,7 @@ class CRS(LearnedSchedule):
             return {}
         if probe is None:
             raise RuntimeError("CRS x0/eps needs the trainer's probe at refresh")
+        self.last_refresh = int(step)
         calls, examples = probe.calls, probe.examples
         speed = self.model_speed(probe)
         if self.speed is not None:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NonFiniteLossError
-from .base import Probe, Schedule, ScheduleContext, ScheduleTable, all_reduce_sum_, process_rank
+from .base import Probe, Schedule, ScheduleContext, ScheduleTable, all_reduce_sum_, keep_on_rank0_, merge_into_rank0_
 from .learned import check
 
 
@@ -119,13 +119,11 @@ class Curriculum(Schedule):
 
     def synchronize(self) -> None:
         self.base.synchronize()
-        all_reduce_sum_(self.loss_sum, self.loss_count)
-        if process_rank() != 0:
-            self.loss_sum.zero_()
-            self.loss_count.zero_()
+        merge_into_rank0_(self.loss_sum, self.loss_count)
 
     # ---- progress ------------------------------------------------------------------------------------
     def refresh(self, step: int, probe: Optional[Probe] = None) -> dict[str, Any]:
+        self.last_refresh = int(step)
         info: dict[str, Any] = {}
         every = self.base.refresh_every
         if every and step % every == 0:
@@ -179,9 +177,7 @@ class Curriculum(Schedule):
         self.best, self.last_improved = float(state["best"]), int(state["last_improved"])
         self.loss_sum = state["loss_sum"].to(self.device, torch.float32).clone()
         self.loss_count = state["loss_count"].to(self.device, torch.float32).clone()
-        if process_rank() != 0:
-            self.loss_sum.zero_()
-            self.loss_count.zero_()
+        keep_on_rank0_(self.loss_sum, self.loss_count)
         self.history = list(state["history"])
         self.base.load_state_dict(state["base"])
 
@@ -191,3 +187,13 @@ class Curriculum(Schedule):
         table.profile, table.gate = base.profile, base.gate  # the base's learned profile, if any
         table.params = {**table.params, "stage": self.stage, "stages_done": self.stage >= self.params.clusters - 1}
         return table
+
+    def notes(self) -> list[str]:
+        p = self.params
+        if self.stage >= p.clusters - 1:
+            return self.base.notes()
+        return self.base.notes() + [
+            f"ended at stage {self.stage + 1} of {p.clusters}, so it never trained on the lowest-noise clusters; the "
+            f"smoothed loss kept improving within every {p.patience}-step patience window. Give it a longer budget "
+            f"or a smaller `schedule.patience` to see the full curriculum."
+        ]

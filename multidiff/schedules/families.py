@@ -1,12 +1,15 @@
 """Fixed noise distributions from the variance-preserving literature, in closed form on u = ln σ.
 
-Each family is a distribution of the logSNR ``λ = −2 ln σ`` (DESIGN §1), or of the VP time t with
-a signal level γ(t) (Chen 2023), truncated to the run's σ range. A density ``p_λ`` maps to
-``p_u(u) = 2·p_λ(−2u)`` and, since u falls as λ rises, ``F_u(u) = 1 − F_λ(−2u)``. Subclasses give
-the untruncated CDF, density and inverse CDF on u in float64 (the truncated tails are far below
-float32's resolution); :class:`ClosedForm` truncates and normalizes.
+Each family is a distribution of the logSNR of the data as scaled, ``λ = 2 ln(σ_data/σ)``, or of
+the VP time t with a signal level γ(t) (Chen 2023), truncated to the run's σ range. These families
+are defined for unit-variance data; measuring λ against σ_data (as k-diffusion's v-diffusion
+density does) keeps them meaning the same signal-to-noise ratios whatever the data's scale. With
+v = u − ln σ_data (so λ = −2v), a density ``p_λ`` maps to ``p_u(u) = 2·p_λ(−2v)`` and, since v
+falls as λ rises, ``F_u(u) = 1 − F_λ(−2v)``. Subclasses give the untruncated CDF, density and
+inverse CDF on v = u − ln σ_data in float64 (the truncated tails are far below float32's
+resolution); :class:`ClosedForm` shifts, truncates and normalizes.
 
-- ``cosine``: t ~ U(0, 1), λ(t) = −2 ln tan(πt/2), so σ = tan(πt/2) and F_u(u) = (2/π)·arctan(eᵘ).
+- ``cosine``: t ~ U(0, 1), λ(t) = −2 ln tan(πt/2), so σ = σ_data·tan(πt/2) and F(v) = (2/π)·arctan(eᵛ).
 - ``laplace``: λ ~ Laplace(μ, b) (Hang et al. 2024; μ = 0, b = 0.5).
 - ``cauchy``: λ ~ Cauchy(μ, γ) (Hang et al. 2024; μ = 0, γ = 1).
 - ``chen``: t ~ U(0, 1) through Chen's γ functions (``linear``, ``cosine``, ``sigmoid``), with the
@@ -28,12 +31,14 @@ from .fixed import NoParams
 class ClosedForm(Schedule):
     """A closed-form density on u, truncated to [ln σ_min, ln σ_max].
 
-    Subclasses implement ``_cdf``, ``_pdf``, ``_icdf`` for the untruncated law on u (float64).
+    Subclasses implement ``_cdf``, ``_pdf``, ``_icdf`` for the untruncated law on v = u − ln σ_data
+    (float64), i.e. as if the data had unit scale.
     """
 
     def _setup(self) -> None:
         """Call at the end of a subclass constructor: the mass below and inside the range."""
-        lo, hi = (self._cdf(torch.tensor(v, dtype=torch.float64)) for v in (self.ctx.u_min, self.ctx.u_max))
+        self.shift = math.log(self.ctx.sigma_data)
+        lo, hi = (self._cdf(torch.tensor(v - self.shift, dtype=torch.float64)) for v in (self.ctx.u_min, self.ctx.u_max))
         self.Fa, self.Z = float(lo), float(hi - lo)
         if not self.Z > 0:
             raise ValueError("the distribution has no mass inside the σ range")
@@ -51,20 +56,20 @@ class ClosedForm(Schedule):
     # ---- truncated to the range ------------------------------------------------------------------
     def pdf(self, u: Tensor) -> Tensor:
         inside = (u >= self.ctx.u_min) & (u <= self.ctx.u_max)
-        dens = self._pdf(u.double().clamp(self.ctx.u_min, self.ctx.u_max)) / self.Z
+        dens = self._pdf(u.double().clamp(self.ctx.u_min, self.ctx.u_max) - self.shift) / self.Z
         return torch.where(inside, dens, torch.zeros_like(dens)).to(u.dtype)
 
     def cdf(self, u: Tensor) -> Tensor:
-        c = (self._cdf(u.double().clamp(self.ctx.u_min, self.ctx.u_max)) - self.Fa) / self.Z
+        c = (self._cdf(u.double().clamp(self.ctx.u_min, self.ctx.u_max) - self.shift) - self.Fa) / self.Z
         return c.clamp(0, 1).to(u.dtype)
 
     def icdf(self, q: Tensor) -> Tensor:
         p = self.Fa + q.double().clamp(0, 1) * self.Z
-        return self._icdf(p).clamp(self.ctx.u_min, self.ctx.u_max).to(q.dtype)
+        return (self._icdf(p) + self.shift).clamp(self.ctx.u_min, self.ctx.u_max).to(q.dtype)
 
 
 class Cosine(ClosedForm):
-    """VP cosine: t ~ U(0, 1), σ = tan(πt/2) (λ = −2 ln tan(πt/2)); p_λ = sech(λ/2)/(2π)."""
+    """VP cosine: t ~ U(0, 1), σ = σ_data·tan(πt/2) (λ = −2 ln tan(πt/2)); p_λ = sech(λ/2)/(2π)."""
 
     name = "cosine"
 

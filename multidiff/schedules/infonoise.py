@@ -34,12 +34,9 @@ from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 from .base import ScheduleContext, ScheduleTable
-from .fixed import EDM2, LogNormal, LogUniform
+from .bases import fixed_schedule
 from .learned import BinnedSchedule, check, fill_log_interp, mix_floor
 from .tabulated import TabulatedDensity
-
-BASES = {"edm": LogNormal, "edm2": EDM2, "loguniform": LogUniform}
-
 
 @dataclass
 class InfoNoiseParams:
@@ -48,7 +45,7 @@ class InfoNoiseParams:
     bins: int = 96  # K bins over [ln σ_min, ln σ_max]
     warmup: int = 500  # steps sampled from `base` before the learned density takes over
     refresh: int = 100  # steps between refreshes (R)
-    base: str = "edm"  # warm-up density: edm | edm2 | loguniform
+    base: str = "edm"  # warm-up density: any fixed schedule (edm, edm2, loguniform, cosine, laplace, ...)
     ema: float = 0.7  # weight of the previous per-bin estimate at each refresh
     min_count: int = 8  # bins with fewer observations keep their estimate and carry the samples over
     smooth: float = 1.0  # std, in bins, of the Gaussian smoothing of ln(rate); 0 disables
@@ -141,12 +138,13 @@ class InfoNoise(BinnedSchedule):
 
     def __init__(self, ctx: ScheduleContext, params: InfoNoiseParams | None = None) -> None:
         p = params or InfoNoiseParams()
+        check(p.allocation != "effective" or ctx.weight is not None,
+              "allocation 'effective' divides by the training loss's weight w(σ): give the weighting (or allocation: density)")  # fmt: skip
         check(0 <= p.floor < 1, "floor must be in [0, 1)")
         check(p.gate_c is None or p.gate_c > 0, "gate_c must be a positive σ or null")
-        check(p.base in BASES, f"base must be one of {sorted(BASES)}")
         check(p.onset in ("peak", "tail"), "onset must be peak or tail")
         check(p.allocation in ("effective", "density"), "allocation must be effective or density")
-        super().__init__(ctx, p, BASES[p.base](ctx))
+        super().__init__(ctx, p, fixed_schedule(p.base, ctx))
         self.profile: Optional[Profile] = None
 
     @property
@@ -188,7 +186,24 @@ class InfoNoise(BinnedSchedule):
         if self.profile is None:
             return {}
         prof = self.profile
-        return {"u": prof.u.tolist(), "mmse": prof.mmse.tolist(), "rate": prof.rate.tolist(), "counts": self.total_counts.tolist()}
+        return {"u": prof.u.tolist(), "mmse": prof.mmse.tolist(), "rate": prof.rate.tolist(), "gate": prof.gate.tolist(),
+                "counts": self.total_counts.tolist()}  # fmt: skip
+
+    def sampling_density(self) -> Optional[tuple[list[float], list[float]]]:
+        """The InfoGrid's density: the gated information rate r·g on the bins (flat to the range's ends)."""
+        if self.profile is None:
+            return None
+        prof = self.profile
+        info = prof.rate * prof.gate
+        u = np.r_[self.ctx.u_min, prof.u, self.ctx.u_max]
+        return u.tolist(), np.r_[info[0], info, info[-1]].tolist()
+
+    def notes(self) -> list[str]:
+        if self.profile is None:
+            return [f"still in its warm-up ({self.params.base} until step {self.params.warmup})"] if not self.active else []
+        how = {"pinned": "pinned", "onset": f"onset rule, p = {self.params.onset_p:g}"}.get(self.profile.rule, self.profile.rule)
+        return [f"low-noise gate at σ = {self.profile.c:.3g} ({how}, n = {self.params.gate_n:g}); "
+                f"allocation: {self.params.allocation}"]  # fmt: skip
 
     def to_table(self, n: int = 256) -> ScheduleTable:
         table = super().to_table(n)

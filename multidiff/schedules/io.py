@@ -47,7 +47,10 @@ def table_to_json(table: ScheduleTable, meta: dict[str, Any] | None = None) -> d
         "profile": table.profile,
         "gate": table.gate,
         "params": table.params,
+        "sampling": table.sampling,
+        "notes": list(table.notes),
         "step": int(table.step),
+        "info": meta.get("info") or {},
         "created_by": f"multidiff {__version__}",
     }
 
@@ -140,6 +143,18 @@ def load_schedule_file(path: str | os.PathLike) -> ScheduleFile:
     params = data.get("params") or {}
     if not isinstance(params, dict):
         raise UserError(f"schedule file {name}: field 'params' must be an object")
+    sampling = data.get("sampling") or {}
+    if not isinstance(sampling, dict) or (sampling and set(sampling) != {"u", "density"}):
+        raise UserError(f"schedule file {name}: field 'sampling' must be an object with lists 'u' and 'density'")
+    if sampling:
+        su, sd = _numbers(name, sampling, "u", prefix="sampling."), _numbers(name, sampling, "density", prefix="sampling.")
+        if len(su) != len(sd) or len(su) < 2 or not (np.diff(su) > 0).all() or (sd < 0).any() or not sd.sum() > 0:
+            raise UserError(f"schedule file {name}: field 'sampling' needs increasing 'u' and non-negative 'density' of equal length")
+    elif gate.get("c") and profile.get("u") and profile.get("rate"):
+        sampling = _gated_rate(profile, gate, smin, smax)  # files written before 'sampling' existed
+    notes = data.get("notes") or []
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise UserError(f"schedule file {name}: field 'notes' must be a list of strings")
     table = ScheduleTable(
         method=method,
         sigma_min=smin,
@@ -151,9 +166,28 @@ def load_schedule_file(path: str | os.PathLike) -> ScheduleFile:
         gate=gate,
         params=params,
         step=step,
+        sampling={k: [float(x) for x in v] for k, v in sampling.items()},
+        notes=list(notes),
     )
+    info = data.get("info") or {}
+    if not isinstance(info, dict):
+        raise UserError(f"schedule file {name}: field 'info' must be an object")
     meta = {k: data.get(k) for k in ("domain", "dataset", "sigma_data", "weighting", "created_by")}
+    meta["info"] = info
     return ScheduleFile(table=table, meta=meta, path=name)
+
+
+def _gated_rate(profile: dict[str, Any], gate: dict[str, Any], smin: float, smax: float) -> dict[str, list[float]]:
+    """The sampling density of a file from before the 'sampling' field: the gated rate r·g of its
+    profile, g(σ) = σⁿ/(σⁿ + cⁿ) as the file's 'gate' records it (flat to the range's ends)."""
+    u, rate = np.asarray(profile["u"], dtype=float), np.asarray(profile["rate"], dtype=float)
+    info = rate / (1 + (float(gate["c"]) / np.exp(u)) ** float(gate.get("n", 3.0)))
+    lo, hi = math.log(smin), math.log(smax)
+    if u[0] > lo:
+        u, info = np.r_[lo, u], np.r_[info[0], info]
+    if u[-1] < hi:
+        u, info = np.r_[u, hi], np.r_[info, info[-1]]
+    return {"u": u.tolist(), "density": info.tolist()}
 
 
 def _reject_constant(token: str) -> Any:

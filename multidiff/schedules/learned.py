@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NonFiniteLossError
-from .base import Probe, Schedule, ScheduleContext, ScheduleTable, all_reduce_sum_, process_rank
+from .base import Probe, Schedule, ScheduleContext, ScheduleTable, all_reduce_sum_, keep_on_rank0_, merge_into_rank0_, process_rank
 from .tabulated import TabulatedDensity
 
 
@@ -51,10 +51,7 @@ class BinnedStats:
 
     def synchronize(self) -> None:
         """Merge every process's pending sums into rank 0 (before a checkpoint)."""
-        all_reduce_sum_(self.sums, self.counts)
-        if process_rank() != 0:
-            self.sums.zero_()
-            self.counts.zero_()
+        merge_into_rank0_(self.sums, self.counts)
 
     def consume(self, min_count: int, what: str, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(bin means, NaN where fewer than min_count samples; their counts, 0 there), after the all-reduce."""
@@ -75,9 +72,7 @@ class BinnedStats:
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.sums = state["sums"].to(device, torch.float32).clone()
         self.counts = state["counts"].to(device, torch.float32).clone()
-        if process_rank() != 0:  # rank 0's checkpoint holds everyone's pending statistics
-            self.sums.zero_()
-            self.counts.zero_()
+        keep_on_rank0_(self.sums, self.counts)  # rank 0's checkpoint holds everyone's pending statistics
 
 
 def ema_fold(old: np.ndarray, new: np.ndarray, ema: float) -> np.ndarray:
@@ -199,6 +194,7 @@ class BinnedSchedule(LearnedSchedule):
 
     def refresh(self, step: int, probe: Optional[Probe] = None) -> dict[str, Any]:
         p = self.params
+        self.last_refresh = int(step)
         means, counts = self.stats.consume(p.min_count, self.what, step)
         self.total_counts += counts
         self.means = ema_fold(self.means, means, p.ema)

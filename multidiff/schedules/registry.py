@@ -11,6 +11,7 @@ from typing import Any
 from ..errors import UserError
 from .adaptive import Adaptive, AdaptiveParams
 from .base import Schedule, ScheduleContext
+from .bases import FIXED, fixed_schedule  # noqa: F401 - re-exported
 from .crs import CRS, CRSParams
 from .curriculum import Curriculum, CurriculumParams
 from .families import Cauchy, CauchyParams, Chen, ChenParams, Cosine, Laplace, LaplaceParams
@@ -48,17 +49,6 @@ REGISTRY: dict[str, ScheduleSpec] = {
         ScheduleSpec("curriculum", Curriculum, CurriculumParams, "Kim et al. 2024: equal-mass clusters of a base, high noise first"),
     ]
 }
-
-#: schedules with a closed form and no state: usable as warm-up bases and importance targets
-FIXED = ("edm", "edm2", "loguniform", "cosine", "laplace", "cauchy", "chen")
-
-
-def fixed_schedule(name: str, ctx: ScheduleContext) -> Schedule:
-    """A fixed schedule with its default parameters (ValueError, named, for anything else)."""
-    if name not in FIXED:
-        raise ValueError(f"base/target must be a fixed schedule ({', '.join(FIXED)}), got {name!r}")
-    return REGISTRY[name].cls(ctx)
-
 
 def is_schedule_file(spec: str) -> bool:
     return spec.endswith(".json") or Path(spec).is_file()

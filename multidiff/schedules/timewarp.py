@@ -25,6 +25,7 @@ from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 from .base import ScheduleContext
+from .bases import fixed_schedule
 from .learned import BinnedSchedule, check, mix_floor
 from .tabulated import TabulatedDensity
 
@@ -70,8 +71,6 @@ class Timewarp(BinnedSchedule):
     name = "timewarp"
 
     def __init__(self, ctx: ScheduleContext, params: Optional[TimewarpParams] = None) -> None:
-        from .registry import fixed_schedule
-
         p = params or TimewarpParams()
         check(0 < p.floor < 1, "floor must be in (0, 1): flat stretches of the fit still need samples")
         check(p.target in ("loss", "error"), "target must be loss or error")

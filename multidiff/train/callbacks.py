@@ -98,9 +98,9 @@ class ScheduleCallback(L.Callback):
             refresh_s = time.perf_counter() - start
             row.update(refresh_s=refresh_s, step_s=step_s, cost_steps=refresh_s / step_s)
         self._step_times.clear()
-        for key in ("tv", "gate_c", "stage", "cost_steps", "probe_examples"):
-            if key in row:
-                pl_module.log(f"schedule/{key}", float(row[key]), on_step=True, on_epoch=False)
+        for key, value in row.items():  # whatever the schedule reports about its refresh
+            if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
+                pl_module.log(f"schedule/{key}", float(value), on_step=True, on_epoch=False)
         if trainer.is_global_zero and "step" in info:
             history = self.run_dir / "schedule_history"
             self.export(pl_module, step, history / f"step{step:07d}.json")
@@ -171,12 +171,20 @@ class QualityCallback(L.Callback):
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:
-    fields = ["step", "active", "tv", "gate_c", "bins_observed", "stage", "probe_calls", "probe_examples",
-              "refresh_s", "step_s", "cost_steps"]  # fmt: skip
-    new = not path.exists()
+    """Append a refresh record; a record with new keys rewrites the file under the wider header."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-        if new:
+    rows: list[dict[str, Any]] = []
+    fields: list[str] = []
+    if path.exists():
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            fields, rows = list(reader.fieldnames or []), list(reader)
+    new = [k for k in row if k not in fields]
+    if not fields or new:
+        fields = ["step", *[k for k in fields if k != "step"], *[k for k in new if k != "step"]]
+        with path.open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=fields)
             writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in fields})
+            writer.writerows(rows)
+    with path.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=fields, extrasaction="ignore").writerow({k: row.get(k, "") for k in fields})

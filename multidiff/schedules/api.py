@@ -1,0 +1,66 @@
+"""Schedules in one call, for any training loop (multidiff's trainer uses the same objects).
+
+    sched = make_schedule("infonoise", sigma_min=0.002, sigma_max=80, sigma_data=0.5, weighting="edm", warmup=500)
+    sigma = sched.sample(batch_size)                 # σ (VE), on the schedule's device
+    sched.observe(sigma, x0_error, loss)             # per-example x0 error per dimension (and weighted loss)
+    if step % sched.refresh_every == 0: sched.refresh(step)
+    sched.save("schedule.json")                      # reused by load_schedule or `multidiff train --schedule`
+
+For a loop in another variable (DDPM timesteps, flow-matching t, VP time, logSNR) use
+:mod:`multidiff.parameterizations`, which converts samples and losses exactly.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Optional, Union
+
+from torch import Tensor
+
+from .base import Schedule, ScheduleContext
+
+Weighting = Union[str, Callable[[Tensor], Tensor]]
+
+
+def make_schedule(name: str, *, sigma_min: float, sigma_max: float, sigma_data: float, weighting: Weighting,
+                  weighting_name: Optional[str] = None, **params: Any) -> Schedule:  # fmt: skip
+    """A schedule by name (``list_schedules()``) with its parameters, over [σ_min, σ_max] (σ, not ln σ).
+
+    ``sigma_data``: RMS of the data the σ's refer to. ``weighting``: the training loss's fixed weight
+    in x0 terms — ``"edm"``, ``"snr"`` (1/σ²), ``"uniform"`` or a function of σ; there is no default,
+    because the weight decides what InfoNoise learns (it divides the weight out). Bad names or
+    parameters raise :class:`multidiff.UserError` with a one-line message.
+    """
+    from ..diffusion.weighting import WEIGHTINGS, get_weighting
+    from .registry import build_schedule
+
+    if isinstance(weighting, str):
+        fn = get_weighting(weighting, float(sigma_data))
+        label = weighting_name or weighting
+    elif callable(weighting):
+        fn, label = weighting, weighting_name or "custom"
+    else:
+        raise TypeError(f"weighting must be one of {', '.join(WEIGHTINGS)} or a function of σ, got {weighting!r}")
+    ctx = ScheduleContext(float(sigma_min), float(sigma_max), float(sigma_data), fn, label)
+    return build_schedule(name, params, ctx)
+
+
+def load_schedule(path: Union[str, Path], weighting: Optional[Weighting] = None) -> Schedule:
+    """A schedule file as a frozen schedule (its σ range and σ_data as recorded)."""
+    from ..diffusion.weighting import get_weighting
+    from .io import load_schedule_file
+    from .tabulated import TabulatedSchedule
+
+    loaded = load_schedule_file(path)
+    t, meta = loaded.table, loaded.meta
+    sigma_data = float(meta.get("sigma_data") or 1.0)
+    name = weighting if isinstance(weighting, str) else meta.get("weighting")
+    fn = weighting if callable(weighting) else get_weighting(name, sigma_data) if name in ("edm", "snr", "uniform") else None
+    ctx = ScheduleContext(t.sigma_min, t.sigma_max, sigma_data, fn, name if isinstance(name, str) else None)
+    return TabulatedSchedule(ctx, t, source=str(path))
+
+
+def list_schedules() -> dict[str, dict[str, Any]]:
+    """Every schedule name → its parameters with their defaults."""
+    from .registry import REGISTRY, param_defaults
+
+    return {name: param_defaults(name) for name in REGISTRY}
