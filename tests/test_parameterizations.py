@@ -184,5 +184,5 @@ def test_save_fills_in_the_metadata_and_load_gives_the_same_density(tmp_path):
     assert data["sigma_data"] == 0.5 and data["weighting"] == "edm" and data["dataset"] == "mine" and data["info"] == {"note": "hello"}
     again = multidiff.load_schedule(path)
     u = torch.linspace(math.log(0.002), math.log(80), 200)
-    assert torch.allclose(again.cdf(u), sched.cdf(u), atol=1e-4)  # the table is piecewise linear between 256 points
+    assert torch.allclose(again.cdf(u), sched.cdf(u), atol=2e-3)  # piecewise linear between 256 points (Laplace has a kink)
     assert again.ctx.sigma_data == 0.5 and again.ctx.weighting == "edm"
