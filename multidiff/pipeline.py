@@ -129,7 +129,7 @@ def prepare(recipe: dict[str, Any], run_dir: Optional[Path] = None, *, metrics: 
     sigma_data = float(d["sigma_data"] or domain.measure_sigma_data(data))
     resolved["diffusion"] = {**d, "sigma_data": sigma_data}
     weight = get_weighting(d["weighting"], sigma_data)
-    ctx = ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"]), sigma_data, weight)
+    ctx = ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"]), sigma_data, weight, d["weighting"])
     spec = dict(resolved["schedule"])
     name = spec.pop("name")
     if run_dir is not None and is_schedule_file(name) and name not in REGISTRY and not Path(name).is_file():

@@ -99,7 +99,11 @@ def _validate_schedule(recipe: dict[str, Any]) -> None:
     spec = dict(recipe["schedule"])
     name = spec.pop("name")
     d = recipe["diffusion"]
-    build_schedule(name, spec, ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"])))
+    from .diffusion.weighting import get_weighting
+
+    sigma_data = float(d["sigma_data"] or 1.0)  # the measured value comes with the data; any works for validation
+    weight = get_weighting(d["weighting"], sigma_data)
+    build_schedule(name, spec, ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"]), sigma_data, weight, d["weighting"]))
 
 
 def read_eval(run_dir: Path) -> Optional[dict[str, Any]]:

@@ -52,7 +52,7 @@ def tiny_train_args(out: Path, steps: int = 20, extra: tuple[str, ...] = ()) -> 
     args = [
         "train", str(REPO / "recipes" / "binary_digits.yaml"), "--out", str(out), "--max-steps", str(steps),
         "--set", "model.channels=8", "--set", "model.channel_mult=[1]", "--set", "train.progress_bar=false",
-        "--set", "train.eval_every=10", "--set", "train.checkpoint_every=10", "--set", "train.log_every=5",
+        "--set", "train.eval_every=10", "--set", "eval.quality_every=10", "--set", "train.checkpoint_every=10", "--set", "train.log_every=5",
         "--set", "eval.nelbo_examples=32", "--set", "eval.nelbo_nodes=8", "--set", "eval.quality_samples=64",
         "--set", "sample.n=16", "--set", "sample.steps=4", "--set", "train.batch_size=16",
         "--set", "schedule.bins=16", "--set", "schedule.min_count=2",

@@ -22,7 +22,7 @@ from multidiff.files import LOCK_NAME, RunLock, atomic_write
 from test_compare import compare_args
 
 REFRESH = ("schedule.warmup=4", "schedule.refresh=4")
-TIMING_COLUMNS = ("refresh_s", "step_s", "cost_steps", "schedule/cost_steps")
+TIMING_COLUMNS = ("refresh_s", "step_s", "cost_steps", "schedule/cost_steps", "schedule/refresh_s", "schedule/step_s")
 
 
 def one_line_error(capsys, code) -> str:
@@ -67,7 +67,7 @@ def test_a_second_process_is_refused_while_the_first_holds_the_run_directory(tmp
 def test_a_killed_run_leaves_no_lock_that_blocks_resume(tmp_path, capsys):
     out = tmp_path / "r"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    args = tiny_train_args(out, steps=300, extra=("train.checkpoint_every=5", "train.eval_every=150"))
+    args = tiny_train_args(out, steps=300, extra=("train.checkpoint_every=5", "train.eval_every=150", "eval.quality_every=150"))
     proc = subprocess.Popen([sys.executable, "-m", "multidiff", *args], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

@@ -161,6 +161,8 @@ class QualityCallback(L.Callback):
         step = trainer.global_step
         if self.measure is None or not self.every or step % self.every or trainer.sanity_checking:
             return
+        if step >= self.max_steps:
+            return  # the final evaluation measures the same weights with the same samples
         if not trainer.is_global_zero:
             return  # the other processes wait at their next collective
         start = time.perf_counter()

@@ -97,6 +97,8 @@ class DiffusionModule(L.LightningModule):
             )
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
+        if self.trainer.global_step >= self.trainer.max_steps:
+            return  # the final evaluation measures the saved EMA weights with this same function
         raw, ids = batch
         nats = nelbo_batch(self.model, raw, ids, self.nelbo)
         # every process evaluates the whole fixed subset, so syncing averages identical values
