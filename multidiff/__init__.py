@@ -38,9 +38,20 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
-    from .errors import UserError
-    from .parameterizations import DDPM, VE, FlowMatching, LogSNR, LoopSchedule, Parameterization, VPTime
-    from .schedules import Schedule, ScheduleContext, ScheduleTable, list_schedules, load_schedule, make_schedule
+    from .errors import UserError as UserError
+    from .parameterizations import DDPM as DDPM
+    from .parameterizations import VE as VE
+    from .parameterizations import FlowMatching as FlowMatching
+    from .parameterizations import LogSNR as LogSNR
+    from .parameterizations import LoopSchedule as LoopSchedule
+    from .parameterizations import Parameterization as Parameterization
+    from .parameterizations import VPTime as VPTime
+    from .schedules import Schedule as Schedule
+    from .schedules import ScheduleContext as ScheduleContext
+    from .schedules import ScheduleTable as ScheduleTable
+    from .schedules import list_schedules as list_schedules
+    from .schedules import load_schedule as load_schedule
+    from .schedules import make_schedule as make_schedule
 
 
 def __getattr__(name: str) -> Any:

@@ -1,4 +1,4 @@
-"""Errors that reach the user as one line and exit status 2 (DESIGN §8)."""
+"""Errors that reach the user as one line and exit status 2."""
 
 
 class UserError(Exception):

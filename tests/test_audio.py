@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import REPO, require
 from PIL import Image
 
-from conftest import REPO, require
 from multidiff.cli import main
 from multidiff.data import audio, espeak
 from multidiff.domains import spectrogram as spec

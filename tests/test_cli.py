@@ -7,9 +7,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import REPO, tiny_train_args
 from PIL import Image
 
-from conftest import REPO, tiny_train_args
 from multidiff.cli import main
 from multidiff.schedules.io import load_schedule_file
 

@@ -3,9 +3,9 @@ runs, and one-line refusals of bad input."""
 import json
 
 import pytest
+from conftest import REPO, tiny_train_args
 from PIL import Image
 
-from conftest import REPO, tiny_train_args
 from multidiff.cli import main
 from multidiff.schedules.registry import REGISTRY
 

@@ -4,8 +4,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import require
+
 from multidiff.data.images import FASHION_MNIST_DIR, load_fashion_mnist
 from multidiff.domains.binary_image import BinaryImageDomain
 from multidiff.errors import UserError

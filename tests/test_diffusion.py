@@ -91,6 +91,7 @@ def test_learned_grid_integrates_an_exact_gaussian_denoiser(steps):
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
     from conftest import binary_mmse
+
     from multidiff.schedules.base import ScheduleTable
 
     s = 0.7

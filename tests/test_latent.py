@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import REPO
+
 from multidiff.cli import main
 from multidiff.data import autoencoders
 from multidiff.data.autoencoders import obtain_autoencoder, save_to_run

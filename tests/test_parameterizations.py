@@ -142,7 +142,7 @@ def test_infonoise_learns_the_gaussian_mmse_from_a_ddpm_eps_loss():
     loop = p.make_schedule("infonoise", target="eps", warmup=0, refresh=30, bins=32, min_count=4, ema=0.0, base="loguniform")
     g = torch.Generator().manual_seed(2)
     seen_sigma, analytic = [], []
-    for step in range(1, 31):
+    for _ in range(30):
         k = loop.sample(512, g)
         sigma = p.sigma(k)
         x = s_data * torch.randn(512, 32, generator=g, dtype=torch.float64)

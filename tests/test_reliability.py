@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, tiny_train_args
+from test_compare import compare_args
+
 from multidiff.cli import main
 from multidiff.files import LOCK_NAME, RunLock, atomic_write
-from test_compare import compare_args
 
 REFRESH = ("schedule.warmup=4", "schedule.refresh=4")
 TIMING_COLUMNS = ("refresh_s", "step_s", "cost_steps", "schedule/cost_steps", "schedule/refresh_s", "schedule/step_s")

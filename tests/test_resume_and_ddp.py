@@ -11,12 +11,12 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-
 from conftest import tiny_train_args
+from test_schedules import CTX
+
 from multidiff.cli import main
 from multidiff.schedules.infonoise import InfoNoise, InfoNoiseParams
 from multidiff.schedules.io import load_schedule_file
-from test_schedules import CTX
 
 REFRESH = ("schedule.warmup=4", "schedule.refresh=4")
 
@@ -185,8 +185,9 @@ ZOO_PARAMS = {
 
 def _zoo_run(label: str, rank: int, world: int) -> dict:
     """Drive one schedule through two refreshes with rank-specific inputs; returns its table and state."""
-    from multidiff.schedules.registry import build_schedule
     from test_schedule_zoo import GaussianProbe
+
+    from multidiff.schedules.registry import build_schedule
 
     name, params = ZOO_PARAMS[label]
     s = build_schedule(name, params, CTX)

@@ -3,12 +3,12 @@ import json
 
 import pytest
 import torch
+from test_schedules import CTX, learned_infonoise
 
 from multidiff.errors import UserError
 from multidiff.schedules.base import ScheduleContext
 from multidiff.schedules.io import load_schedule_file, save_schedule_file
 from multidiff.schedules.registry import build_schedule
-from test_schedules import CTX, learned_infonoise
 
 META = {"domain": "binary_image", "dataset": "digits", "sigma_data": 1.0, "weighting": "edm"}
 

@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 from scipy import optimize, stats
+from test_schedules import CTX, SCHEDULES, smooth_observations
 
 from multidiff.diffusion.sampling import from_schedule
 from multidiff.metrics.frechet import frechet_distance
+from multidiff.schedules.base import ScheduleContext
 from multidiff.schedules.crs import gaussian_path_speed
 from multidiff.schedules.io import load_schedule_file, save_schedule_file
-from multidiff.schedules.base import ScheduleContext
 from multidiff.schedules.registry import build_schedule
 from multidiff.schedules.tabulated import TabulatedSchedule
 from multidiff.schedules.timewarp import isotonic_increasing
-from test_schedules import CTX, SCHEDULES, smooth_observations
 
 U = torch.linspace(CTX.u_min, CTX.u_max, 301, dtype=torch.float64)
 Q = torch.linspace(0.01, 0.99, 99, dtype=torch.float64)

@@ -4,9 +4,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import binary_mmse
 from scipy import optimize, stats
 
-from conftest import binary_mmse
 from multidiff.diffusion.weighting import edm_weight
 from multidiff.schedules.base import ScheduleContext
 from multidiff.schedules.infonoise import InfoNoise, InfoNoiseParams, low_noise_gate

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import require
 from torch import nn
 
-from conftest import require
 from multidiff.data import text as sources
 from multidiff.data.text_tokenizers import BPETokenizer, CharTokenizer, load_tokenizer
 from multidiff.diffusion.categorical import CategoricalDiffusion
@@ -186,6 +186,7 @@ def test_hub_corpora_use_their_own_validation_split(monkeypatch):
 @pytest.mark.parametrize("recipe", ["text_kjv.yaml", "text_pydoc.yaml", "text8.yaml"])
 def test_text_recipes_resolve(recipe):
     from conftest import REPO
+
     from multidiff.recipe import load_recipe_file, resolve
 
     r = resolve(load_recipe_file(REPO / "recipes" / recipe), recipe)

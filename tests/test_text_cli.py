@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO
+
 from multidiff.cli import main
 from multidiff.data.text_tokenizers import BPETokenizer, load_tokenizer
 from multidiff.diffusion.categorical import CategoricalDiffusion

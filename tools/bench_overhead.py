@@ -24,7 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from multidiff.recipe import load_recipe_file, resolve, select_schedule  # noqa: E402
-from multidiff.train.run import build, make_module  # noqa: E402
+from multidiff.pipeline import prepare as build  # noqa: E402
+from multidiff.train.fit import make_module  # noqa: E402
 
 
 def make(recipe_path: str, schedule: str, device: torch.device, refresh: int):
@@ -72,7 +73,7 @@ def main() -> None:
     idx = torch.randint(0, setup.data.train.shape[0], (int(setup.recipe["train"]["batch_size"]),), generator=g)
     batch = setup.data.train[idx].to(device)
     times: dict[str, list[float]] = {name: [] for name in arms}
-    for name, (_, module, opt) in arms.items():  # warm-up (allocator, kernels, first refresh)
+    for _, module, opt in arms.values():  # warm-up (allocator, kernels, first refresh)
         run_block(module, opt, batch, args.steps, 0, device)
     for b in range(args.blocks):
         order = list(arms) if b % 2 == 0 else list(reversed(arms))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,9 +24,9 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..files import atomic_torch_save
 from ..metrics.features import cache_root
 from ..nets.autoencoder import psnr
-from ..files import atomic_torch_save
 from .autoencoders import Autoencoder, tensor_fingerprint
 
 NORM_MODES = ("channel", "global", "none")

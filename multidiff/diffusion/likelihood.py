@@ -1,4 +1,4 @@
-"""The variational bound (NELBO) of the VE diffusion, for comparing schedules (DESIGN §6).
+"""The variational bound (NELBO) of the VE diffusion, for comparing schedules.
 
 For x_σ = x + σε, the continuous-time bound on −ln p(x), in nats, is
 

@@ -1,4 +1,4 @@
-"""Training losses with one shared signature (DESIGN §1).
+"""Training losses with one shared signature.
 
 ``loss_fn(denoiser, x, sigma, noise, weight) -> LossOutput`` where ``loss`` is the per-example
 weighted loss (what is optimized) and ``error`` the per-example *unweighted* x0-space error per

@@ -1,4 +1,4 @@
-"""EDM preconditioning (DESIGN §1): D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise).
+"""EDM preconditioning: D(x; σ) = c_skip·x + c_out·F(c_in·x, c_noise).
 
 The backbone F never sees σ directly, only c_noise = ln(σ)/4; σ is σ (not ln σ) everywhere here.
 """

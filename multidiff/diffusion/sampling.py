@@ -1,4 +1,4 @@
-"""Samplers over a σ tensor, and σ grids (DESIGN §3), in the style of k-diffusion.
+"""Samplers over a σ tensor, and σ grids, in the style of k-diffusion.
 
 A sampler is a free function ``sampler(denoiser, x, sigmas, generator=...)``: ``x`` starts as
 σ_0·ε, ``sigmas`` is decreasing and ends with 0, and ``denoiser(x, sigma_batch)`` returns the

@@ -1,4 +1,4 @@
-"""Fixed loss weights w(σ) (DESIGN §1). A schedule never changes these; it only changes p(u)."""
+"""Fixed loss weights w(σ). A schedule never changes these; it only changes p(u)."""
 from __future__ import annotations
 
 from typing import Callable

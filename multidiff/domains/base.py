@@ -1,4 +1,4 @@
-"""The domain adapter interface (DESIGN §5). A domain knows its data and nothing about schedules."""
+"""The domain adapter interface. A domain knows its data and nothing about schedules."""
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,4 @@
-"""Latent images: diffusion in the latent space of an autoencoder (DESIGN §5).
+"""Latent images: diffusion in the latent space of an autoencoder.
 
 Latents carry far less pixel redundancy than images and have their own statistics, so the band of
 σ where denoising is informative moves; this domain lets the schedules find it. The pipeline:

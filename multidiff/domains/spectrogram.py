@@ -20,8 +20,8 @@ import torch
 from torch import Tensor
 
 from ..data import audio
-from ..diffusion.model import ContinuousDiffusion, DiffusionModel
 from ..data.splits import cap, holdout
+from ..diffusion.model import ContinuousDiffusion, DiffusionModel
 from ..errors import UserError
 from ..metrics.features import ClassifierScore
 from ..nets.unet import UNET_DEFAULTS, UNET_RULES, unet_from_config

@@ -1,4 +1,4 @@
-"""Text: token sequences diffused as continuous embeddings (CDCD-style, DESIGN §5).
+"""Text: token sequences diffused as continuous embeddings (CDCD-style,).
 
 The domain yields token-id chunks [N, L]; the model (``diffusion.categorical``) embeds them in
 learned, normalized vectors, denoises with a transformer that outputs logits, and decodes by argmax.

@@ -1,4 +1,4 @@
-"""Sample quality for text (DESIGN §6): how likely generated token sequences are under a reference
+"""Sample quality for text: how likely generated token sequences are under a reference
 n-gram model trained on the training split, and how varied they are (unigram entropy against the
 data's, measured on the same number of held-out tokens, since plug-in entropy grows with sample size).
 

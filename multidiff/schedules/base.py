@@ -1,4 +1,4 @@
-"""The schedule interface (DESIGN §2).
+"""The schedule interface.
 
 A schedule is a training-noise distribution over ``u = ln σ`` on ``[ln σ_min, ln σ_max]``. It
 changes *only* where σ is drawn from; the loss weight and parameterization stay fixed elsewhere.
@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -55,7 +56,7 @@ class ScheduleContext:
 
 @dataclass
 class ScheduleTable:
-    """The tabulated form of a schedule, as exported to a schedule file (DESIGN §4).
+    """The tabulated form of a schedule, as exported to a schedule file.
 
     ``u`` is a grid of ln σ, ``pdf`` the density per unit u on it, ``cdf`` its integral. ``profile``
     holds what an adaptive schedule estimated (its own ``u`` grid, e.g. ``mmse``, ``rate``,
@@ -228,15 +229,17 @@ class Schedule:
         adds ``domain``, ``dataset`` and anything else worth recording (kept under ``info``)."""
         from .io import save_schedule_file
 
-        fields = {"sigma_data": self.ctx.sigma_data, "weighting": self.ctx.weighting}
-        known = {k: meta.pop(k) for k in ("domain", "dataset") if k in meta}
+        fields: dict[str, Any] = {"sigma_data": self.ctx.sigma_data, "weighting": self.ctx.weighting}
+        known: dict[str, Any] = {k: meta.pop(k) for k in ("domain", "dataset") if k in meta}
         return save_schedule_file(path, self.to_table(), {**fields, **known, "info": meta})
 
 
 def _params_dict(params: Any) -> dict[str, Any]:
     from dataclasses import asdict, is_dataclass
 
-    return asdict(params) if is_dataclass(params) else dict(params or {})
+    if is_dataclass(params) and not isinstance(params, type):
+        return asdict(params)
+    return dict(params or {})
 
 
 def all_reduce_sum_(*tensors: Tensor) -> None:
@@ -263,10 +266,8 @@ def keep_on_rank0_(*tensors: Tensor) -> None:
             t.zero_()
 
 
-def share_from_rank0(array: "np.ndarray", device: torch.device) -> "np.ndarray":
+def share_from_rank0(array: np.ndarray, device: torch.device) -> np.ndarray:
     """Rank 0's array on every process (through a device tensor: NCCL reduces only CUDA tensors)."""
-    import numpy as np
-
     mine = array if process_rank() == 0 else np.zeros_like(array)
     shared = torch.as_tensor(mine, dtype=torch.float64, device=device)
     all_reduce_sum_(shared)

@@ -118,6 +118,7 @@ class CRS(LearnedSchedule):
 
     # ---- the table from a speed -------------------------------------------------------------------
     def smoothed_speed(self) -> np.ndarray:
+        assert self.speed is not None, "no speed measured yet"
         log_v = np.log(np.maximum(self.speed, 1e-30))
         if self.params.smooth > 0:
             log_v = gaussian_filter1d(log_v, self.params.smooth, mode="nearest")

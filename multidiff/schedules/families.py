@@ -195,7 +195,7 @@ class Chen(ClosedForm):
         self.v_start, self.v_end = float(self._raw(self.start)), float(self._raw(self.end))
         self._setup()
 
-    def _raw(self, s: Tensor) -> Tensor:
+    def _raw(self, s: Tensor | float) -> Tensor:
         """Algorithm 1's unnormalized curve at position s = start + t·(end − start) (float64)."""
         s = torch.as_tensor(s, dtype=torch.float64)
         if self.params.function == "cosine":

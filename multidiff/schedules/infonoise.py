@@ -1,4 +1,4 @@
-"""InfoNoise (Raya et al. 2026): sample σ where denoising is informative (DESIGN §2).
+"""InfoNoise (Raya et al. 2026): sample σ where denoising is informative.
 
 Through I–MMSE, noisy observations reduce uncertainty about the clean sample at a rate, per unit
 u = ln σ, proportional to ``mmse(σ)/σ²`` (VE coordinates, mmse per dimension in x0 space). The
@@ -37,6 +37,7 @@ from .base import ScheduleContext, ScheduleTable
 from .bases import fixed_schedule
 from .learned import BinnedSchedule, check, fill_log_interp, mix_floor
 from .tabulated import TabulatedDensity
+
 
 @dataclass
 class InfoNoiseParams:

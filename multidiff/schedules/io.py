@@ -1,4 +1,4 @@
-"""The schedule file (DESIGN §4): versioned, self-describing JSON, validated field by field."""
+"""The schedule file: versioned, self-describing JSON, validated field by field."""
 from __future__ import annotations
 
 import json

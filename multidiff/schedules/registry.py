@@ -17,9 +17,9 @@ from .curriculum import Curriculum, CurriculumParams
 from .families import Cauchy, CauchyParams, Chen, ChenParams, Cosine, Laplace, LaplaceParams
 from .fixed import EDM2, EDM2Params, LogNormal, LogNormalParams, LogUniform, NoParams
 from .infonoise import InfoNoise, InfoNoiseParams
-from .timewarp import Timewarp, TimewarpParams
 from .io import load_schedule_file
 from .tabulated import TabulatedSchedule
+from .timewarp import Timewarp, TimewarpParams
 
 
 @dataclass(frozen=True)

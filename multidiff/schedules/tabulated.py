@@ -48,12 +48,12 @@ class TabulatedDensity:
         self.to(torch.device("cpu"))
 
     def to(self, device: torch.device | str) -> "TabulatedDensity":
-        f32 = dict(device=device, dtype=torch.float32)
-        self.u = self.u64.to(**f32)
-        self.p = self.p64.to(**f32)
-        self.c = self.c64.to(**f32)
-        self.h = self.u64.diff().to(**f32)
-        self.s = (self.p64.diff() / self.u64.diff()).to(**f32)  # slope of the pdf per segment
+        f32 = torch.float32
+        self.u = self.u64.to(device, f32)
+        self.p = self.p64.to(device, f32)
+        self.c = self.c64.to(device, f32)
+        self.h = self.u64.diff().to(device, f32)
+        self.s = (self.p64.diff() / self.u64.diff()).to(device, f32)  # slope of the pdf per segment
         return self
 
     def segment_masses(self) -> Tensor:

@@ -1,4 +1,4 @@
-"""The one LightningModule: domain model + schedule + fixed loss weight (DESIGN §7).
+"""The one LightningModule: domain model + schedule + fixed loss weight.
 
 The schedule decides only where σ is drawn; the model's loss (and its weight w(σ)) is fixed by
 the recipe. Randomness of a step (σ's and noise) comes from a generator seeded by
