@@ -65,6 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sigmas", help="karras | loguniform | learned | FILE.json")
     s.add_argument("--sampler", choices=["heun", "euler"])
     s.add_argument("--seed", type=int)
+    s.add_argument("--given", action="append", default=[], metavar="MODALITY=heldout|FILE",
+                   help="joint runs: hold a modality fixed (held-out examples or a file) and generate the others")
+    s.add_argument("--only", metavar="MODALITY", help="joint runs: generate one modality alone (the others at σ_max)")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="evaluate a run: NELBO and sample metrics → eval.json")
@@ -105,6 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     sg.add_argument("--steps", type=int, default=32)
     sg.add_argument("--mix", type=float, default=0.5, help="share of EDM's rho-spacing mixed into the learned density (0: the learned density alone)")
     sg.add_argument("--rho", type=float, default=7.0)
+    sg.add_argument("--format", default="k-diffusion", choices=SIGMA_FORMATS,
+                    help="k-diffusion: the K+1 σ's (default); diffusers-euler: σ's for EulerDiscreteScheduler.set_timesteps(sigmas=...); "
+                         "diffusers-heun: the 2K interleaved σ's HeunDiscreteScheduler steps through (its .sigmas); "
+                         "diffusers-edm: K Karras-ramp positions for EDMEulerScheduler.set_timesteps(sigmas=torch.tensor(..., dtype=torch.float64))")  # fmt: skip
+    sg.add_argument("--edm-sigma-min", type=float, default=0.002, help="diffusers-edm: the EDMEulerScheduler's sigma_min")
+    sg.add_argument("--edm-sigma-max", type=float, default=80.0, help="diffusers-edm: the EDMEulerScheduler's sigma_max")
+    sg.add_argument("--edm-rho", type=float, default=7.0, help="diffusers-edm: the EDMEulerScheduler's rho")
     sg.set_defaults(func=cmd_schedule_sigmas)
     return p
 
@@ -150,7 +160,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from .pipeline import sample_run
 
-    for f in sample_run(Path(args.run_dir), args.n, args.steps, args.sigmas, args.sampler, args.seed):
+    for f in sample_run(Path(args.run_dir), args.n, args.steps, args.sigmas, args.sampler, args.seed, args.given, args.only):
         print(f)
     return 0
 
@@ -222,7 +232,11 @@ def cmd_schedule_export(args: argparse.Namespace) -> int:
     return 0
 
 
+SIGMA_FORMATS = ("k-diffusion", "diffusers-euler", "diffusers-heun", "diffusers-edm")
+
+
 def cmd_schedule_sigmas(args: argparse.Namespace) -> int:
+    from . import interop
     from .diffusion.sampling import from_schedule
 
     if args.steps <= 0:
@@ -230,7 +244,17 @@ def cmd_schedule_sigmas(args: argparse.Namespace) -> int:
     if not 0 <= args.mix <= 1 or not args.rho > 0:
         raise UserError(f"--mix must be in [0, 1] and --rho positive, got {args.mix}, {args.rho}")
     sigmas = from_schedule(args.file, args.steps, args.mix, args.rho)
-    print(json.dumps([float(f"{s:.6g}") for s in sigmas.tolist()]))
+    if args.format == "k-diffusion":
+        print(json.dumps([float(f"{s:.6g}") for s in sigmas.tolist()]))
+        return 0
+    if args.format == "diffusers-edm":
+        if not 0 < args.edm_sigma_min < args.edm_sigma_max or not args.edm_rho > 0:
+            raise UserError("--edm-sigma-min/--edm-sigma-max/--edm-rho need 0 < min < max and rho > 0")
+        # full float64 digits: the scheduler maps the ramp back to the same float32 σ's
+        print(json.dumps(interop.for_diffusers_edm(sigmas, args.edm_sigma_min, args.edm_sigma_max, args.edm_rho)))
+        return 0
+    convert = interop.for_diffusers_euler if args.format == "diffusers-euler" else interop.for_diffusers_heun
+    print(json.dumps([float(f"{s:.9g}") for s in convert(sigmas)]))  # 9 digits: float32 σ's exactly
     return 0
 
 

@@ -15,7 +15,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor
 
-from .diffusion.likelihood import fixed_noise, nelbo_nats
+from .diffusion.likelihood import fixed_noise
 from .diffusion.model import DiffusionModel
 from .diffusion.sampling import SAMPLERS
 from .recipe import Sections
@@ -44,8 +44,7 @@ def nelbo_batch(model: DiffusionModel, raw: Tensor, ids: Tensor, s: NelboSetting
     """Per-example NELBO in nats of validation examples ``raw`` whose subset indices are ``ids``."""
     x = model.encode(raw)
     noise = fixed_noise(ids.cpu(), tuple(x.shape[1:]), s.nodes + 1, s.seed).to(x)
-    parts = nelbo_nats(model.denoise, x, noise, sigma_min=s.sigma_min, sigma_max=s.sigma_max, recon_nll=model.recon_nll)
-    return parts["total"]
+    return model.nelbo(x, noise, s.sigma_min, s.sigma_max)
 
 
 def validation_subset(val: Tensor, s: NelboSettings) -> tuple[Tensor, Tensor]:
@@ -80,16 +79,33 @@ def generate(
     batch: int = 256,
     churn: float = 0.0,
     device: Optional[torch.device] = None,
+    condition: Optional["Condition"] = None,
 ) -> Tensor:
-    """n samples in the diffusion space (deterministic given seed and batch size)."""
+    """n samples in the diffusion space (deterministic given seed and batch size). ``condition``
+    holds parts of each sample fixed (a joint model's given modalities; see :class:`Condition`)."""
     device = device or next(model.parameters()).device
     g = torch.Generator(device=device).manual_seed(int(seed))
     out = []
     for i in range(0, n, batch):
         b = min(batch, n - i)
         x = float(sigmas[0]) * torch.randn((b, *shape), generator=g, device=device)
-        out.append(SAMPLERS[sampler](model.denoise, x, sigmas.to(device), churn=churn, generator=g).cpu())
+        denoiser = model.denoise
+        if condition is not None:
+            x, denoiser = condition.apply(x, denoiser, i, i + b)
+        out.append(SAMPLERS[sampler](denoiser, x, sigmas.to(device), churn=churn, generator=g).cpu())
     return torch.cat(out)
+
+
+class Condition:
+    """Parts of the samples held fixed while the rest is generated (interface).
+
+    ``apply(x, denoiser, start, end)`` gets the initial noise of samples start…end−1 and the
+    model's denoiser and returns the initial state and a denoiser that keep the fixed parts fixed
+    (a sampler then leaves them unchanged, since their x0 estimate equals their value).
+    """
+
+    def apply(self, x: Tensor, denoiser: Callable[[Tensor, Tensor], Tensor], start: int, end: int) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
+        raise NotImplementedError
 
 
 @dataclass

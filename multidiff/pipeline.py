@@ -33,7 +33,9 @@ from .evaluation import NelboSettings, QualityResult, bits, sample_quality, vali
 from .files import RunLock, atomic_write_text, clear_directory, has_content, user_path_error
 from .metrics.features import cache_root
 from .plans import RunPlan, finished, plan_runs, reuse_problem
-from .recipe import RESUMABLE_KEYS, Sections, differences, dump, flatten, load_recipe_file, resolve, sections, select_schedule
+from .recipe import (
+    RESUMABLE_KEYS, Sections, differences, dump, flatten, load_recipe_file, resolve, schedule_specs, sections, select_schedule,
+)
 from .schedules.base import Schedule, ScheduleContext
 from .schedules.io import load_schedule_file
 from .schedules.registry import REGISTRY, build_schedule, is_schedule_file, make_params
@@ -57,9 +59,10 @@ class Setup:
     schedule: Schedule
     model: Any  # DiffusionModel
 
-    def meta(self) -> dict[str, Any]:
-        """What a schedule file records about where it was learned."""
-        return {"domain": self.domain.name, "dataset": self.data.dataset, "sigma_data": self.sigma_data,
+    def meta(self, key: str = "") -> dict[str, Any]:
+        """What a schedule file records about where it was learned (``key``: a joint model's modality)."""
+        sigma_data = self.sigma_data[key] if isinstance(self.sigma_data, dict) else self.sigma_data
+        return {"domain": self.domain.modality_domain(key), "dataset": self.data.dataset, "sigma_data": sigma_data,
                 "weighting": self.cfg.diffusion.weighting}  # fmt: skip
 
     @property
@@ -78,7 +81,15 @@ class Setup:
 
 
 def schedule_label(recipe: dict[str, Any]) -> str:
-    name = recipe["schedule"]["name"]
+    """A run's schedule in a word: its name (a file's stem); a joint model's members' common name,
+    or ``modality=name`` pairs when they differ."""
+    labels = {key: _name_label(spec["name"]) for key, spec in schedule_specs(recipe).items()}
+    if len(set(labels.values())) == 1:
+        return next(iter(labels.values()))
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+def _name_label(name: str) -> str:
     return Path(name).stem if is_schedule_file(name) and name not in REGISTRY else name
 
 
@@ -94,10 +105,19 @@ def resolve_full(recipe: dict[str, Any]) -> tuple[dict[str, Any], Domain]:
     schedule parameters, the NELBO's decoding σ, the precision), and the domain adapter."""
     domain = get_domain(recipe["domain"])(recipe, cache_root())
     resolved = {**recipe, **domain.resolved_config()}
-    name = recipe["schedule"]["name"]
-    if name in REGISTRY:
-        params = make_params(name, {k: v for k, v in recipe["schedule"].items() if k != "name"})
-        resolved["schedule"] = {"name": name, **dataclasses.asdict(params)}
+    specs = schedule_specs(recipe)
+    modalities = domain.modalities()
+    if list(specs) != (modalities or [""]):
+        want = "schedule.name" if not modalities else ", ".join(f"schedule.{m}.name" for m in modalities)
+        raise UserError(f"recipe: domain '{domain.name}' needs {want}; got schedules for {', '.join(k or 'one model' for k in specs)}")
+    full = {}
+    for key, spec in specs.items():
+        name = spec["name"]
+        if name in REGISTRY:
+            params = make_params(name, {k: v for k, v in spec.items() if k != "name"})
+            spec = {"name": name, **dataclasses.asdict(params)}
+        full[key] = spec
+    resolved["schedule"] = full[""] if "" in full else full
     d, ev = recipe["diffusion"], recipe["eval"]
     lo = ev["nelbo_sigma_min"] or domain.nelbo_sigma_min or d["sigma_min"]
     if not d["sigma_min"] <= lo < d["sigma_max"]:
@@ -114,9 +134,11 @@ def known_defaults(domain: Domain, recipe: dict[str, Any]) -> dict[str, Any]:
     from .recipe import flatten
     from .schedules.registry import param_defaults
 
-    name = recipe["schedule"]["name"]
-    sched = {"schedule": param_defaults(name)} if name in REGISTRY else {}
-    return flatten({"data": domain.data_defaults, "model": domain.model_defaults, **sched})
+    sched = {key: param_defaults(spec["name"]) for key, spec in schedule_specs(recipe).items() if spec["name"] in REGISTRY}
+    out = {"data": domain.data_defaults, "model": domain.model_defaults}
+    if sched:
+        out["schedule"] = sched[""] if "" in sched else sched
+    return flatten(out)
 
 
 def prepare(recipe: dict[str, Any], run_dir: Optional[Path] = None, *, metrics: bool = True) -> Setup:
@@ -126,15 +148,10 @@ def prepare(recipe: dict[str, Any], run_dir: Optional[Path] = None, *, metrics: 
     resolved, domain = resolve_full(recipe)
     data = domain.load(run_dir)
     d = resolved["diffusion"]
-    sigma_data = float(d["sigma_data"] or domain.measure_sigma_data(data))
+    sigma_data = d["sigma_data"] or domain.measure_sigma_data(data)  # a number, or one per modality
+    sigma_data = {k: float(v) for k, v in sigma_data.items()} if isinstance(sigma_data, dict) else float(sigma_data)
     resolved["diffusion"] = {**d, "sigma_data": sigma_data}
-    weight = get_weighting(d["weighting"], sigma_data)
-    ctx = ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"]), sigma_data, weight, d["weighting"])
-    spec = dict(resolved["schedule"])
-    name = spec.pop("name")
-    if run_dir is not None and is_schedule_file(name) and name not in REGISTRY and not Path(name).is_file():
-        name = str(Path(run_dir) / "schedule.json")  # a frozen file run keeps its own exported copy
-    schedule = build_schedule(name, spec, ctx)
+    schedule, weight = _build_schedules(resolved, sigma_data, run_dir)
     torch.manual_seed(int(resolved["seed"]))  # the same initial weights for every schedule
     model = domain.build_model(data, sigma_data)
     setup = Setup(resolved, sections(resolved), domain, data, sigma_data, weight, schedule, model)
@@ -144,9 +161,47 @@ def prepare(recipe: dict[str, Any], run_dir: Optional[Path] = None, *, metrics: 
     return setup
 
 
+def _build_schedules(resolved: dict[str, Any], sigma_data: Any, run_dir: Optional[Path]) -> tuple[Schedule, Any]:
+    """The run's schedule (a group of one per modality for a joint domain) and its loss weight(s)."""
+    from .schedules.group import ScheduleGroup
+
+    d = resolved["diffusion"]
+    built, weights = {}, {}
+    for key, spec in schedule_specs(resolved).items():
+        sd = sigma_data[key] if isinstance(sigma_data, dict) else sigma_data
+        weights[key] = get_weighting(d["weighting"], sd)
+        ctx = ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"]), sd, weights[key], d["weighting"])
+        spec = dict(spec)
+        name = spec.pop("name")
+        if run_dir is not None and is_schedule_file(name) and name not in REGISTRY and not Path(name).is_file():
+            name = str(Path(run_dir) / schedule_file_name(key))  # a frozen file run keeps its own exported copy
+        built[key] = build_schedule(name, spec, ctx)
+    if "" in built:
+        return built[""], weights[""]
+    try:
+        return ScheduleGroup(built), weights
+    except ValueError as exc:
+        raise UserError(f"schedule: {exc}") from None
+
+
+def schedule_file_name(key: str) -> str:
+    """schedule.json for a single schedule, schedule.<modality>.json for a joint model's members."""
+    return f"schedule.{key}.json" if key else "schedule.json"
+
+
+def schedule_files(run_dir: Path) -> dict[str, Path]:
+    """A run's exported schedule files by member ("" for a single schedule)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "schedule.json").is_file():
+        return {"": run_dir / "schedule.json"}
+    return {p.name[len("schedule."):-len(".json")]: p for p in sorted(run_dir.glob("schedule.*.json"))}
+
+
 def sampling_grid(setup: Setup, kind: str, steps: int) -> Tensor:
     """The sampling σ's (σ, then a final 0): karras | loguniform | learned | a schedule file."""
     d, s = setup.cfg.diffusion, setup.cfg.sample
+    if kind == "learned" and len(setup.schedule.tables()) > 1:
+        raise UserError("sample.sigmas learned: a joint model samples every modality on one grid; choose karras or loguniform")
     if kind in ("karras", "loguniform", "learned"):
         return sigma_grid(kind, steps, d.sigma_min, d.sigma_max, s.rho, schedule=setup.schedule, mix=s.grid_mix)
     if not is_schedule_file(kind):
@@ -163,11 +218,24 @@ def device_for_inference() -> torch.device:
 
 
 def quality(setup: Setup, model: Any, device: torch.device, seed: Optional[int] = None) -> QualityResult:
-    """The domain's sample metric on ``eval.quality_samples`` samples of the recipe's fixed sampler."""
+    """The domain's sample metric on ``eval.quality_samples`` samples of the recipe's fixed sampler
+    (and the metrics that need the model itself, e.g. a joint model's conditional accuracy)."""
     s = setup.cfg.sample
     sigmas = sampling_grid(setup, s.sigmas, s.steps)
-    return sample_quality(model, setup.cfg, setup.example_shape(), sigmas, lambda x: setup.domain.sample_metrics(x, setup.data),
-                          seed=seed, device=device)  # fmt: skip
+    result = sample_quality(model, setup.cfg, setup.example_shape(), sigmas, lambda x: setup.domain.sample_metrics(x, setup.data),
+                            seed=seed, device=device)  # fmt: skip
+    n = setup.cfg.eval.quality_samples
+
+    def sample(count: int, condition: Any) -> Tensor:
+        return _decoded_samples(setup, model, count, device, seed=s.seed if seed is None else seed, condition=condition)
+
+    was_training = model.training
+    model.eval()
+    try:
+        result.metrics.update(setup.domain.model_metrics(model, sample, setup.data, n))
+    finally:
+        model.train(was_training)
+    return result
 
 
 def tracked_values(setup: Setup, metrics: dict[str, Any]) -> dict[str, float]:
@@ -230,6 +298,7 @@ def evaluate_run(setup: Setup, run_dir: Path) -> dict[str, Any]:
     cfg, device = setup.cfg, device_for_inference()
     model = setup.model.to(device).eval()
     nats = validation_nelbo(model, setup.data.val, setup.nelbo, device)
+    extra_bounds = setup.domain.extra_nelbo(model, setup.data, setup.nelbo, device)
     units = setup.nelbo_units()
     primary = setup.domain.nelbo_unit
     main = quality(setup, model, device)
@@ -252,6 +321,7 @@ def evaluate_run(setup: Setup, run_dir: Path) -> dict[str, Any]:
         "nelbo_unit": primary,
         **{f"nelbo_{unit_key(u)}": bits(nats, c) for u, c in units.items() if u != primary},
         "nelbo_units_per_example": units,
+        **extra_bounds,
         **main.metrics,
         "quality": tracked_values(setup, main.metrics),
         "quality_directions": dict(setup.domain.quality_metrics),
@@ -274,7 +344,7 @@ def _decoded_samples(setup: Setup, model: Any, n: int, device: torch.device, **s
     from .evaluation import generate
 
     s = setup.cfg.sample
-    opts = {"sampler": s.sampler, "seed": s.seed, "batch": s.batch, "churn": s.churn, **sampler}
+    opts = {"sampler": s.sampler, "seed": s.seed, "batch": s.batch, "churn": s.churn, "condition": None, **sampler}
     kind, steps = opts.pop("sigmas", s.sigmas), opts.pop("steps", s.steps)
     x = generate(model, setup.example_shape(), n, sampling_grid(setup, kind, steps), device=device, **opts)
     return model.decode(x.to(device)).cpu()
@@ -295,8 +365,10 @@ def _record_timing(run_dir: Path, **values: float) -> None:
 
 
 def sample_run(run_dir: Path, n: Optional[int], steps: Optional[int], sigmas: Optional[str], sampler: Optional[str],
-               seed: Optional[int]) -> list[Path]:  # fmt: skip
-    """Samples of a run's EMA weights, written to samples/ (the name records grid, sampler, steps, seed)."""
+               seed: Optional[int], given: Optional[list[str]] = None, only: Optional[str] = None) -> list[Path]:  # fmt: skip
+    """Samples of a run's EMA weights, written to samples/ (the name records grid, sampler, steps, seed).
+    ``given`` (["MOD=heldout|FILE", ...]) and ``only`` (a modality) sample a joint model conditionally
+    or marginally."""
     for flag, value in (("--n", n), ("--steps", steps)):
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
@@ -307,8 +379,18 @@ def sample_run(run_dir: Path, n: Optional[int], steps: Optional[int], sigmas: Op
     sampling_grid(setup, kind, steps)  # validate before sampling
     device = device_for_inference()
     model = setup.model.to(device).eval()
-    decoded = _decoded_samples(setup, model, n, device, sigmas=kind, steps=steps, sampler=sampler, seed=seed)
-    tag = f"{Path(kind).stem if kind.endswith('.json') else kind}-{sampler}{steps}-seed{seed}"
+    condition, how = None, ""
+    if given or only:
+        pairs = {}
+        for item in given or []:
+            if "=" not in item:
+                raise UserError(f"--given {item!r}: expected MODALITY=heldout or MODALITY=FILE")
+            key, src = item.split("=", 1)
+            pairs[key.strip()] = src.strip()
+        condition = setup.domain.condition(model, pairs, only, n, setup.data)
+        how = f"-only-{only}" if only else "-given-" + "-".join(pairs)
+    decoded = _decoded_samples(setup, model, n, device, sigmas=kind, steps=steps, sampler=sampler, seed=seed, condition=condition)
+    tag = f"{Path(kind).stem if kind.endswith('.json') else kind}-{sampler}{steps}-seed{seed}{how}"
     return setup.domain.write_samples(decoded, Path(run_dir) / "samples", tag)
 
 
@@ -421,7 +503,7 @@ def _truncate_history(run_dir: Path, step: int) -> None:
         writer.writerows(rows)
         atomic_write_text(path, buf.getvalue())
     for snap in history.glob("step*.json"):
-        if int(snap.stem[4:]) > step:
+        if int(snap.name[4:11]) > step:  # stepNNNNNNN.json or stepNNNNNNN.<modality>.json
             snap.unlink()
     if step == 0:
         (run_dir / "metrics.csv").unlink(missing_ok=True)
@@ -439,21 +521,22 @@ def _run_plots(setup: Setup, run_dir: Path) -> None:
     from .report.curves import metric_curves
     from .report.plots import plot_run_curves, plot_schedule
 
-    table = load_schedule_file(run_dir / "schedule.json").table
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
-    plot_schedule(table, plots / "schedule.png", title=f"{run_dir.name}: training density")
+    for key, path in schedule_files(run_dir).items():
+        name = f"schedule.{key}.png" if key else "schedule.png"
+        plot_schedule(load_schedule_file(path).table, plots / name, title=f"{run_dir.name}: training density{f' ({key})' if key else ''}")
     plot_run_curves(metric_curves(run_dir), plots / "curves.png", title=run_dir.name)
 
 
 def _print_summary(setup: Setup, run_dir: Path, result: dict[str, Any]) -> None:
     from .report.plots import density_peak
 
-    table = load_schedule_file(run_dir / "schedule.json").table
+    files = schedule_files(run_dir)
+    peaks = " · ".join(f"{k + ' ' if k else ''}density peaks at σ={density_peak(load_schedule_file(p).table):.3g}" for k, p in files.items())
     extra = "".join(f" · {label} {value:.4g}" for label, value in result.get("headline", {}).items() if isinstance(value, (int, float)))
-    print(f"\nrun {run_dir}: step {result['step']} · NELBO {result['nelbo']:.4f} {result['nelbo_unit']}{extra} "
-          f"· training density peaks at σ={density_peak(table):.3g}")  # fmt: skip
-    print(f"  samples {run_dir / result['samples'][0]} · schedule {run_dir / 'schedule.json'} · plots {run_dir / 'plots'}/")
+    print(f"\nrun {run_dir}: step {result['step']} · NELBO {result['nelbo']:.4f} {result['nelbo_unit']}{extra} · {peaks}")
+    print(f"  samples {run_dir / result['samples'][0]} · schedule {', '.join(str(p) for p in files.values())} · plots {run_dir / 'plots'}/")
 
 
 # ---- the commands ---------------------------------------------------------------------------------
@@ -473,8 +556,11 @@ def train(recipe_path: str, *, schedule: Optional[str], overrides: list[str], ou
         base = schedule_label(resolve(select_schedule(raw, compare_to), recipe_path, [o for o in overrides if not o.strip().startswith("schedule.")]))
         if base == label:
             raise UserError(f"--compare-to {compare_to}: the recipe already trains {label}; pick another schedule")
+        names = {spec["name"] for spec in schedule_specs(recipe).values()}
+        if len(names) > 1:
+            raise UserError("--compare-to: the recipe's modalities use different schedules; compare them with `multidiff compare --schedules`")
         # like `compare`, a comparison reuses its finished runs and resumes unfinished ones
-        run_comparison(raw, recipe_path, [recipe["schedule"]["name"], compare_to], seeds=[recipe["seed"]], overrides=overrides,
+        run_comparison(raw, recipe_path, [names.pop(), compare_to], seeds=[recipe["seed"]], overrides=overrides,
                        out=out or f"runs/{recipe['name']}-{label}-vs-{base}", baseline=base, overwrite=mode == "overwrite")  # fmt: skip
         return
     plan = RunPlan(label, recipe["seed"], recipe, Path(out or f"runs/{recipe['name']}-{label}"))

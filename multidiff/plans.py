@@ -59,8 +59,10 @@ def spec_label(spec: str) -> str:
 
 
 def _schedule_overrides(name: str, overrides: list[str]) -> list[str]:
+    """The ``schedule.KEY=V`` (or a joint recipe's ``schedule.MODALITY.KEY=V``) overrides whose KEY
+    schedule ``name`` has."""
     keys = {f.name for f in dataclasses.fields(REGISTRY[name].params)} if name in REGISTRY else set()
-    return [o for o in overrides if o.split("=", 1)[0].strip().split(".", 1)[1] in keys]
+    return [o for o in overrides if o.split("=", 1)[0].strip().split(".")[-1] in keys]
 
 
 def plan_runs(raw: dict[str, Any], source: str, schedules: list[str], seeds: list[int], overrides: list[str], out: Path) -> list[RunPlan]:
@@ -82,7 +84,7 @@ def plan_runs(raw: dict[str, Any], source: str, schedules: list[str], seeds: lis
         if key == "schedule.name":
             raise UserError("--set schedule.name: choose schedules with --schedules")
         if not any(_schedule_overrides(n, [o]) for n in names):
-            raise UserError(f"--set {o}: none of the schedules {', '.join(names)} has parameter '{key.split('.', 1)[1]}'")
+            raise UserError(f"--set {o}: none of the schedules {', '.join(names)} has parameter '{key.split('.')[-1]}'")
     plans = []
     for spec, label in zip(schedules, labels):
         name, own = split_spec(spec)
@@ -96,14 +98,18 @@ def plan_runs(raw: dict[str, Any], source: str, schedules: list[str], seeds: lis
 
 
 def _validate_schedule(recipe: dict[str, Any]) -> None:
-    spec = dict(recipe["schedule"])
-    name = spec.pop("name")
-    d = recipe["diffusion"]
+    """Build the plan's schedule(s) once, so a bad parameter fails before anything is trained."""
     from .diffusion.weighting import get_weighting
+    from .recipe import schedule_specs
 
-    sigma_data = float(d["sigma_data"] or 1.0)  # the measured value comes with the data; any works for validation
-    weight = get_weighting(d["weighting"], sigma_data)
-    build_schedule(name, spec, ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"]), sigma_data, weight, d["weighting"]))
+    d = recipe["diffusion"]
+    for key, spec in schedule_specs(recipe).items():
+        spec = dict(spec)
+        name = spec.pop("name")
+        given = d["sigma_data"]
+        sigma_data = float((given.get(key) if isinstance(given, dict) else given) or 1.0)  # measured later; any works here
+        weight = get_weighting(d["weighting"], sigma_data)
+        build_schedule(name, spec, ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"]), sigma_data, weight, d["weighting"]))
 
 
 def read_eval(run_dir: Path) -> Optional[dict[str, Any]]:

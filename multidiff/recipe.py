@@ -45,7 +45,7 @@ class DiffusionConfig:
 
     sigma_min: float = 0.002
     sigma_max: float = 80.0
-    sigma_data: Optional[float] = None  # RMS of the encoded data; measured on the training split when null
+    sigma_data: Union[float, dict, None] = None  # RMS of the encoded data (one per modality of a joint domain); measured when null
     weighting: str = "edm"  # fixed loss weight w(σ): edm | snr | uniform
 
 
@@ -142,7 +142,8 @@ _CHECKS: dict[tuple[str, str], tuple[Any, str]] = {
         ("eval", "nelbo_examples"), ("eval", "nelbo_nodes"), ("eval", "nelbo_batch"), ("eval", "quality_samples"),
         ("eval", "quality_seeds"), ("sample", "n"), ("sample", "steps"), ("sample", "batch"), ("sample", "rho"),
     ]},  # fmt: skip
-    ("diffusion", "sigma_data"): (lambda v: v is None or v > 0, "> 0 or null"),
+    ("diffusion", "sigma_data"): (lambda v: v is None or (all(isinstance(x, (int, float)) and x > 0 for x in v.values())
+                                                            if isinstance(v, dict) else v > 0), "> 0, one positive number per modality, or null"),
     ("diffusion", "weighting"): (lambda v: v in ("edm", "snr", "uniform"), "edm, snr or uniform"),
     ("train", "lr_warmup"): (lambda v: v >= 0, ">= 0"),
     ("train", "weight_decay"): (lambda v: v >= 0, ">= 0"),
@@ -256,9 +257,20 @@ def resolve(raw: dict[str, Any], source: str, overrides: list[str] | None = None
         raise UserError(f"recipe {source}: eval.quality_every ({q}) must be a multiple of train.eval_every ({every}): quality is measured at validation points")
     if not isinstance(recipe["seed"], int) or isinstance(recipe["seed"], bool):
         raise UserError(f"recipe {source}: 'seed' must be an integer")
-    if not isinstance(recipe["schedule"].get("name"), str):
-        raise UserError(f"recipe {source}: schedule.name must be a schedule name or a .json file")
+    for key, spec in schedule_specs(recipe).items():
+        where = f"schedule.{key}." if key else "schedule."
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise UserError(f"recipe {source}: {where}name must be a schedule name or a .json file")
     return recipe
+
+
+def schedule_specs(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The recipe's schedule specs by modality: {"": spec} for one schedule (``schedule.name``), or
+    one per modality of a joint domain (``schedule.<modality>.name``)."""
+    sched = recipe.get("schedule") or {}
+    if not isinstance(sched, dict) or "name" in sched or not sched:
+        return {"": sched}
+    return dict(sched)
 
 
 def apply_override(recipe: dict[str, Any], item: str) -> None:
@@ -301,9 +313,11 @@ def select_schedule(recipe: dict[str, Any], name: str) -> dict[str, Any]:
     """
     out = copy.deepcopy(recipe)
     current = out.get("schedule") or {}
-    current_name = current if isinstance(current, str) else current.get("name")
-    if current_name != name:
-        out["schedule"] = {"name": name}
+    if isinstance(current, str):
+        current = {"name": current}
+    specs = schedule_specs({"schedule": current})
+    switched = {key: spec if isinstance(spec, dict) and spec.get("name") == name else {"name": name} for key, spec in specs.items()}
+    out["schedule"] = switched[""] if "" in switched else switched  # a joint domain: every modality switches
     return out
 
 

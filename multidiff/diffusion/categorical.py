@@ -66,7 +66,8 @@ class CategoricalDiffusion(DiffusionModel):
         cond = self._first_pass(x, sigma) if self.self_condition else None
         return self.expected_embedding(self.logits(x, sigma, cond))
 
-    def loss(self, x: Tensor, sigma: Tensor, noise: Tensor, weight: Callable[[Tensor], Tensor], batch: Any) -> LossOutput:
+    def loss(self, x: Tensor, sigma: Tensor, noise: Tensor, weight: Callable[[Tensor], Tensor], batch: Any,
+             generator: Optional[torch.Generator] = None) -> LossOutput:  # fmt: skip
         """w(σ)·cross-entropy per token (mean over positions); ``error`` = mean ‖D − x‖² per dimension."""
         tokens = batch.long()
         z = x + bcast(sigma, x) * noise

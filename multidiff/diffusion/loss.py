@@ -7,15 +7,20 @@ dimension, mean((D(x+σε; σ) − x)²), detached (what adaptive schedules obse
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional
 
 from torch import Tensor, nn
 
 
 @dataclass
 class LossOutput:
-    loss: Tensor  # [B] weighted, differentiable
-    error: Tensor  # [B] unweighted x0-space squared error per dimension, detached
+    """Per-example results of a training loss. A joint model returns [B, M] (one column per
+    modality, each with its own σ) and a ``mask`` of the entries that were trained (a modality
+    given clean is not); single-modality models return [B] and no mask."""
+
+    loss: Tensor  # [B] (or [B, M]) weighted, differentiable
+    error: Tensor  # [B] (or [B, M]) unweighted x0-space squared error per dimension, detached
+    mask: Optional[Tensor] = None  # [B, M] 0/1: which entries count (None: all)
 
 
 def bcast(sigma: Tensor, x: Tensor) -> Tensor:

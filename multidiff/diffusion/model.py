@@ -7,12 +7,13 @@ loss is MSE. Domains whose encoding is learned (text embeddings) subclass :class
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .likelihood import nelbo_nats
 from .loss import LossOutput, mse_loss
 from .precond import EDMPrecond
 
@@ -23,18 +24,30 @@ class DiffusionModel(nn.Module):
     def encode(self, batch: Any) -> Tensor:
         return batch
 
+    def split(self, x: Tensor) -> Any:
+        """x as the schedule sees it: the tensor itself (a joint model: its parts by modality)."""
+        return x
+
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         raise NotImplementedError
 
     def forward(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.denoise(x, sigma)
 
-    def loss(self, x: Tensor, sigma: Tensor, noise: Tensor, weight: Callable[[Tensor], Tensor], batch: Any) -> LossOutput:
+    def loss(self, x: Tensor, sigma: Tensor, noise: Tensor, weight: Callable[[Tensor], Tensor], batch: Any,
+             generator: Optional[torch.Generator] = None) -> LossOutput:  # fmt: skip
+        """Per-example losses at σ with the step's noise; ``generator``: the step's seeded generator,
+        for models that draw more (a joint model's choice of which modality is given clean)."""
         raise NotImplementedError
 
     def recon_nll(self, x: Tensor, z: Tensor, sigma: float) -> Tensor:
         """−ln p(x | z) in nats per example, z = x + σ_min·ε (the bound's reconstruction term)."""
         raise NotImplementedError
+
+    def nelbo(self, x: Tensor, noise: Tensor, sigma_min: float, sigma_max: float) -> Tensor:
+        """Per-example NELBO in nats: the VE bound along σ from σ_max down to σ_min with the fixed
+        ``noise`` [B, nodes + 1, ...] (a joint model overrides it with one floor per modality)."""
+        return nelbo_nats(self.denoise, x, noise, sigma_min=sigma_min, sigma_max=sigma_max, recon_nll=self.recon_nll)["total"]
 
     def decode(self, x: Tensor) -> Tensor:
         return x
@@ -64,7 +77,7 @@ class ContinuousDiffusion(DiffusionModel):
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.precond(x, sigma)
 
-    def loss(self, x, sigma, noise, weight, batch=None) -> LossOutput:
+    def loss(self, x, sigma, noise, weight, batch=None, generator=None) -> LossOutput:
         return mse_loss(self.precond, x, sigma, noise, weight)
 
     def recon_nll(self, x: Tensor, z: Tensor, sigma: float) -> Tensor:

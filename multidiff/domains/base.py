@@ -116,10 +116,41 @@ class Domain:
     def write_samples(self, decoded: Tensor, out_dir: Path, tag: str) -> list[Path]:
         raise NotImplementedError
 
+    def modalities(self) -> list[str]:
+        """The modalities of a joint domain, in order (each gets its own schedule); [] for one."""
+        return []
+
+    def modality_domain(self, key: str) -> str:
+        """The domain a modality's learned schedule belongs to (what its schedule file records)."""
+        return self.name
+
     def make_metric(self, data: DomainData) -> Callable[[Tensor], dict[str, Any]]:
         """The domain's sample metric against held-out data, with whatever it needs (an evaluation
         classifier, a reference model) made now; UserError when the data cannot support it."""
         return lambda decoded: {}
+
+    def classify(self, decoded: Tensor) -> Any:
+        """The evaluation classifier's class of each decoded sample (domains with one; after
+        :meth:`make_metric`): what a joint model's agreement and conditional accuracy are measured with."""
+        raise UserError(f"domain '{self.name}' has no evaluation classifier to label samples with")
+
+    def load_given(self, path: Path, data: DomainData) -> Tensor:
+        """Examples from a file, encoded like this domain's data (``multidiff sample --given``)."""
+        raise UserError(f"domain '{self.name}' cannot read given examples from files; use --given MODALITY=heldout")
+
+    def model_metrics(self, model: Any, sample: Callable[[int, Any], Tensor], data: DomainData, n: int, final: bool = False) -> dict[str, Any]:
+        """Metrics that need the model itself (a joint model's conditional generation); ``sample(n,
+        condition)`` runs the recipe's sampler and returns decoded samples. Default: none."""
+        return {}
+
+    def extra_nelbo(self, model: Any, data: DomainData, settings: Any, device: Any) -> dict[str, Any]:
+        """More bounds worth reporting at the final evaluation (a joint model: each modality's NELBO
+        given the others clean), from the same fixed subset, noise and quadrature. Default: none."""
+        return {}
+
+    def condition(self, model: Any, given: dict[str, str], only: Optional[str], n: int, data: DomainData) -> Any:
+        """What ``multidiff sample --given/--only`` holds fixed (joint domains only)."""
+        raise UserError(f"--given/--only sample one modality of a joint domain; domain '{self.name}' has one")
 
     def prepare_metrics(self, data: DomainData) -> None:
         """Make the sample metric once, before training (so a metric that cannot be made is refused

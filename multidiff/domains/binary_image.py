@@ -15,6 +15,7 @@ from torch import Tensor
 
 from ..data import images
 from ..diffusion.model import ContinuousDiffusion, DiffusionModel
+from ..errors import UserError
 from ..metrics.features import ClassifierScore
 from ..nets.unet import UNET_DEFAULTS, UNET_RULES, unet_from_config
 from ..settings import SPLIT_RULES, choice, integer, number, text
@@ -77,4 +78,15 @@ class BinaryImageDomain(Domain):
         return [png, npy]
 
     def make_metric(self, data: DomainData) -> Callable[[Tensor], dict[str, Any]]:
-        return ClassifierScore(f"binary_image-{data.fingerprint}", data).prepare()
+        self._classifier = ClassifierScore(f"binary_image-{data.fingerprint}", data).prepare()
+        return self._classifier
+
+    def classify(self, decoded: Tensor) -> Any:
+        return self._classifier.labels(decoded)
+
+    def load_given(self, path: Path, data: DomainData) -> Tensor:
+        """A .npy/.npz of grayscale images in [0, 1] ([N, H, W]), binarized like the data."""
+        x = self._binarize(torch.from_numpy(images.load_array(str(path)).train))
+        if tuple(x.shape[1:]) != tuple(data.train.shape[1:]):
+            raise UserError(f"{path}: images of shape {tuple(x.shape[2:])}, the run's are {tuple(data.train.shape[2:])}")
+        return x

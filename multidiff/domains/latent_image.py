@@ -163,6 +163,9 @@ class LatentImageDomain(Domain):
         rows = [t for i in range(0, n, cols) for t in (originals[i : i + cols], recon[i : i + cols])]
         return save_grid_png(torch.cat(rows), path, columns=cols)
 
+    def classify(self, decoded: Tensor) -> Any:
+        return self._classifier.labels(decoded)
+
     def build_model(self, data: DomainData, sigma_data: float) -> DiffusionModel:
         backbone = unet_from_config(self.model_cfg, in_channels=data.train.shape[1])
         return LatentDiffusion(backbone, sigma_data, LatentDecoder(data.info["autoencoder"], data.info["norm"]))
@@ -184,6 +187,7 @@ class LatentImageDomain(Domain):
         """
         image_data: DomainData = data.info["images"]
         score = ClassifierScore(f"images-{tensor_fingerprint(image_data.train, image_data.val)}", image_data).prepare()
+        self._classifier = score
         floors: dict[int, float] = {}
 
         def metric(decoded: Tensor) -> dict[str, Any]:

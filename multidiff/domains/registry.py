@@ -11,6 +11,7 @@ DOMAINS = {
     "latent_image": ("multidiff.domains.latent_image", "LatentImageDomain"),
     "text": ("multidiff.domains.text", "TextDomain"),
     "spectrogram": ("multidiff.domains.spectrogram", "SpectrogramDomain"),
+    "joint": ("multidiff.domains.joint", "JointDomain"),
 }
 
 

@@ -242,8 +242,19 @@ class SpectrogramDomain(Domain):
         return torch.from_numpy(rgb).float().permute(0, 3, 1, 2)
 
     def make_metric(self, data: DomainData) -> Callable[[Tensor], dict[str, Any]]:
-        score = ClassifierScore(classifier_key(data), classifier_data(data), steps=CLASSIFIER_STEPS).prepare()
-        return lambda decoded: self._score(score, decoded, data)
+        self._classifier = ClassifierScore(classifier_key(data), classifier_data(data), steps=CLASSIFIER_STEPS).prepare()
+        return lambda decoded: self._score(self._classifier, decoded, data)
+
+    def classify(self, decoded: Tensor) -> Any:
+        return self._classifier.labels(classifier_view(decoded))
+
+    def load_given(self, path: Path, data: DomainData) -> Tensor:
+        """A folder of sound files (or one file), conditioned and standardized like the data."""
+        p = Path(path)
+        files = sorted(f for f in p.rglob("*") if f.suffix.lower() in (".wav", ".flac", ".ogg")) if p.is_dir() else [p]
+        if not files or not all(f.is_file() for f in files):
+            raise UserError(f"{path}: no .wav/.flac/.ogg files")
+        return self.normalize(self.log_mel(audio.read_clip(f) for f in files))
 
     def _score(self, score: ClassifierScore, decoded: Tensor, data: DomainData) -> dict[str, Any]:
         """Fréchet distance and label histogram in the evaluation classifier (see :func:`classifier_view`)."""

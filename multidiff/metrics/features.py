@@ -128,6 +128,12 @@ class ClassifierScore:
         self.reference_fit = gaussian_fit(features(self.net, self.reference))
         return self
 
+    def labels(self, samples: Tensor) -> np.ndarray:
+        """The classifier's class for each sample."""
+        self.prepare()
+        assert self.net is not None
+        return predictions(self.net, samples)
+
     def __call__(self, samples: Tensor) -> dict[str, Any]:
         from .frechet import frechet_distance, gaussian_fit
 

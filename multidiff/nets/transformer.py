@@ -47,7 +47,9 @@ class AdaNorm(nn.Module):
         nn.init.zeros_(self.mod.bias)
 
     def forward(self, h: Tensor, emb: Tensor) -> Tensor:
-        scale, shift = self.mod(emb)[:, None].chunk(2, dim=-1)
+        """``emb``: [B, C] (one noise level per sequence) or [B, L, C] (one per token)."""
+        mod = self.mod(emb)
+        scale, shift = (mod[:, None] if mod.ndim == 2 else mod).chunk(2, dim=-1)
         return self.norm(h) * (1 + scale) + shift
 
 

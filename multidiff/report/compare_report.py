@@ -182,7 +182,7 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
         cells += [_fmt_spread(*s["headline"].get(h, (None, None))) for h in extra]
         cost = s["refresh_cost"]
         cost_txt = f"{cost['steps_per_refresh']:.3g} steps/refresh ({100 * cost['share']:.1f}% of training)" if cost else "–"
-        peak = _fmt(density_peak(tables[label]), 3) if label in tables else "–"
+        peak = _peaks(tables.get(label, {}))
         lines.append("| " + " | ".join([label, *cells, peak, cost_txt]) + " |")
     noise_lines = []
     for key, spec in specs.items():
@@ -277,24 +277,32 @@ def samples_section(groups: dict[str, list[Path]], evals: dict[str, dict[str, An
     return lines
 
 
-def _tables(groups: dict[str, list[Path]]) -> dict[str, ScheduleTable]:
-    """Each schedule's final exported table (first seed)."""
-    tables = {}
-    for label, runs in groups.items():
-        path = Path(runs[0]) / "schedule.json"
-        if path.is_file():
-            tables[label] = load_schedule_file(path).table
-    return tables
+def _tables(groups: dict[str, list[Path]]) -> dict[str, dict[str, ScheduleTable]]:
+    """Each schedule's final exported tables (first seed), by member ("" for a single schedule)."""
+    from ..pipeline import schedule_files
+
+    return {label: {key: load_schedule_file(path).table for key, path in schedule_files(runs[0]).items()} for label, runs in groups.items()}
 
 
-def plot_densities(tables: dict[str, ScheduleTable], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(8, 4.8))
-    plot_density_axes(ax, tables)
-    ax.set_title("training densities at the end of training (per unit ln σ)")
+def _members(tables: dict[str, dict[str, ScheduleTable]]) -> list[str]:
+    return list(dict.fromkeys(key for by_member in tables.values() for key in by_member))
+
+
+def plot_densities(tables: dict[str, dict[str, ScheduleTable]], path: Path) -> Path:
+    """One panel per modality (one in all for single-modality runs), every schedule on it."""
+    members = _members(tables)
+    fig, axes = plt.subplots(1, len(members), figsize=(8 * len(members), 4.8), squeeze=False)
+    for ax, key in zip(axes[0], members):
+        plot_density_axes(ax, {label: by[key] for label, by in tables.items() if key in by})
+        ax.set_title(f"{key + ': ' if key else ''}training densities at the end of training (per unit ln σ)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _peaks(by_member: dict[str, ScheduleTable]) -> str:
+    return ", ".join(f"{k + ' ' if k else ''}{_fmt(density_peak(t), 3)}" for k, t in by_member.items()) or "–"
 
 
 TIMING_KEYS = ("refresh_s", "step_s", "cost_steps", "probe_calls", "probe_examples", "active")
@@ -329,8 +337,9 @@ def _profile_panel(ax, label: str, table: ScheduleTable, run_dir: Path) -> None:
     ax.set_title(label, fontsize=10)
 
 
-def plot_profiles(groups: dict[str, list[Path]], tables: dict[str, ScheduleTable], path: Path) -> Optional[Path]:
-    panels = [(lbl, t, groups[lbl][0]) for lbl, t in tables.items() if _has_profile(t, groups[lbl][0])]
+def plot_profiles(groups: dict[str, list[Path]], tables: dict[str, dict[str, ScheduleTable]], path: Path) -> Optional[Path]:
+    panels = [(f"{lbl}{' (' + key + ')' if key else ''}", t, groups[lbl][0]) for lbl, by in tables.items()
+              for key, t in by.items() if _has_profile(t, groups[lbl][0])]  # fmt: skip
     if not panels:
         return None
     fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.9), squeeze=False)
@@ -343,6 +352,10 @@ def plot_profiles(groups: dict[str, list[Path]], tables: dict[str, ScheduleTable
     return path
 
 
-def schedule_notes(tables: dict[str, ScheduleTable]) -> list[str]:
-    """Each schedule's own remarks on how it ended (from its table), labelled."""
-    return [f"{label}: {note}" for label, table in tables.items() for note in table.notes]
+def schedule_notes(tables: dict[str, Any]) -> list[str]:
+    """Each schedule's own remarks on how it ended (from its tables), labelled."""
+    out = []
+    for label, by in tables.items():
+        by_member = by if isinstance(by, dict) else {"": by}
+        out += [f"{label}{' (' + key + ')' if key else ''}: {note}" for key, table in by_member.items() for note in table.notes]
+    return out

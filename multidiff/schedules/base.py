@@ -142,8 +142,9 @@ class Schedule:
         return self.icdf(q).exp()
 
     # ---- adaptation hooks (no-ops for fixed schedules) ---------------------------------------
-    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor) -> None:
-        """Per-example detached σ, unweighted x0-space error per dimension, and weighted loss.
+    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor, mask: Optional[Tensor] = None) -> None:
+        """Per-example detached σ, unweighted x0-space error per dimension, and weighted loss;
+        ``mask`` (0/1 per example, optional) leaves examples out (e.g. a modality given clean).
 
         Called every training step; implementations must stay on the device (no host sync).
         """
@@ -186,6 +187,11 @@ class Schedule:
     def grid(self, n: int = 256) -> Tensor:
         """A uniform grid of n points over [ln σ_min, ln σ_max] (float64, CPU)."""
         return torch.linspace(self.ctx.u_min, self.ctx.u_max, n, dtype=torch.float64)
+
+    def tables(self, n: int = 256) -> dict[str, ScheduleTable]:
+        """Every table this schedule exports, by name ("" for a single schedule's schedule.json;
+        a group's members by their names)."""
+        return {"": self.to_table(n)}
 
     def to_table(self, n: int = 256) -> ScheduleTable:
         """Tabulate the current density on a uniform grid (exported as the schedule file)."""

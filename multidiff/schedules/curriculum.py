@@ -109,10 +109,11 @@ class Curriculum(Schedule):
     def prepare(self, x: Tensor) -> dict[str, Any]:
         return self.base.prepare(x)
 
-    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor) -> None:
-        self.base.observe(sigma, error, loss)
-        self.loss_sum += loss.detach().float().sum()
-        self.loss_count += loss.numel()
+    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor, mask: Optional[Tensor] = None) -> None:
+        self.base.observe(sigma, error, loss, mask)
+        w = torch.ones_like(loss, dtype=torch.float32) if mask is None else mask.detach().float()
+        self.loss_sum += (loss.detach().float() * w).sum()
+        self.loss_count += w.sum()
 
     def loss_scale(self, sigma: Tensor) -> Optional[Tensor]:
         return self.base.loss_scale(sigma)

@@ -41,13 +41,14 @@ class BinnedStats:
         self.sums, self.counts = self.sums.to(device), self.counts.to(device)
         return self
 
-    def add(self, sigma: Tensor, values: Tensor) -> None:
-        """Accumulate per-example ``values`` at σ (σ, not ln σ); device-side only."""
+    def add(self, sigma: Tensor, values: Tensor, mask: Optional[Tensor] = None) -> None:
+        """Accumulate per-example ``values`` at σ (σ, not ln σ), leaving out mask-0 examples; device-side only."""
         K = self.bins
         u = sigma.detach().float().log()
         k = ((u - self.ctx.u_min) * (K / (self.ctx.u_max - self.ctx.u_min))).long().clamp(0, K - 1)
-        self.sums.index_add_(0, k, values.detach().float())
-        self.counts.index_add_(0, k, torch.ones_like(u))
+        w = torch.ones_like(u) if mask is None else mask.detach().float()
+        self.sums.index_add_(0, k, values.detach().float() * w)
+        self.counts.index_add_(0, k, w)
 
     def synchronize(self) -> None:
         """Merge every process's pending sums into rank 0 (before a checkpoint)."""
@@ -186,8 +187,8 @@ class BinnedSchedule(LearnedSchedule):
         self.stats.to(self.device)
         return self
 
-    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor) -> None:
-        self.stats.add(sigma, self.observed(error, loss))
+    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor, mask: Optional[Tensor] = None) -> None:
+        self.stats.add(sigma, self.observed(error, loss), mask)
 
     def synchronize(self) -> None:
         self.stats.synchronize()

@@ -55,16 +55,17 @@ class ScheduleCallback(L.Callback):
     metrics.csv and schedule_history/refreshes.csv with the probe's denoiser evaluations.
     """
 
-    def __init__(self, run_dir: Path, meta: dict[str, Any], check_every: int) -> None:
+    def __init__(self, run_dir: Path, meta: Callable[[str], dict[str, Any]], check_every: int) -> None:
         self.run_dir, self.meta, self.check_every = Path(run_dir), meta, max(1, check_every)
         self.probe: Optional[DenoiserProbe] = None
         self._last_end: Optional[float] = None
         self._step_times: list[float] = []
 
-    def export(self, pl_module: Any, step: int, path: Path) -> None:
-        table = pl_module.schedule.to_table()
-        table.step = step
-        save_schedule_file(path, table, self.meta)
+    def export(self, pl_module: Any, step: int, folder: Path, stem: str) -> None:
+        """Every table the schedule exports: FOLDER/STEM.json, or FOLDER/STEM.<modality>.json per member."""
+        for key, table in pl_module.schedule.tables().items():
+            table.step = step
+            save_schedule_file(folder / (f"{stem}.{key}.json" if key else f"{stem}.json"), table, self.meta(key))
 
     def _probe(self, trainer: L.Trainer, pl_module: Any) -> Optional[DenoiserProbe]:
         n = pl_module.schedule.probe_examples
@@ -103,13 +104,13 @@ class ScheduleCallback(L.Callback):
                 pl_module.log(f"schedule/{key}", float(value), on_step=True, on_epoch=False)
         if trainer.is_global_zero and "step" in info:
             history = self.run_dir / "schedule_history"
-            self.export(pl_module, step, history / f"step{step:07d}.json")
+            self.export(pl_module, step, history, f"step{step:07d}")
             _append_csv(history / "refreshes.csv", row)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         pl_module.check_finite()  # never write a checkpoint or schedule from a diverged model
         if trainer.is_global_zero:
-            self.export(pl_module, trainer.global_step, self.run_dir / "schedule.json")
+            self.export(pl_module, trainer.global_step, self.run_dir, "schedule")
 
 
 def _synchronize(device: torch.device) -> None:

@@ -96,7 +96,7 @@ def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Ca
         callbacks=[
             quality,  # before EMA: its validation-end hook runs while the EMA weights are still swapped in
             EMA(t.ema_decay),
-            ScheduleCallback(run_dir, setup.meta(), check_every=t.log_every),
+            ScheduleCallback(run_dir, setup.meta, check_every=t.log_every),
             StepCheckpoint(ckpt_dir, t.checkpoint_every),
         ],
         val_check_interval=t.eval_every,

@@ -57,7 +57,7 @@ class DiffusionModule(L.LightningModule):
         if n:  # data-driven schedules (CRS fd) build their table once, from encoded training data
             with torch.no_grad():
                 x = self.model.encode(self.trainer.datamodule.fixed_train_batch(n).to(self.device))
-            info = self.schedule.prepare(x)
+            info = self.schedule.prepare(self.model.split(x))
             if info and self.trainer.is_global_zero:
                 print(f"schedule {self.schedule.name}: table built from {x.shape[0]} training examples")
 
@@ -78,10 +78,13 @@ class DiffusionModule(L.LightningModule):
         g = self.step_generator(self.global_step)
         sigma = self.schedule.sample(x.shape[0], g, self.device)
         noise = torch.randn(x.shape, generator=g, device=self.device, dtype=x.dtype)
-        out = self.model.loss(x, sigma, noise, self.weight, batch)
-        self.schedule.observe(sigma, out.error, out.loss.detach())
+        out = self.model.loss(x, sigma, noise, self.weight, batch, generator=g)
+        self.schedule.observe(sigma, out.error, out.loss.detach(), out.mask)
         scale = self.schedule.loss_scale(sigma)
-        loss = (out.loss if scale is None else out.loss * scale).mean()
+        per_example = out.loss if scale is None else out.loss * scale
+        if per_example.ndim == 2:  # a joint model: each modality's weighted loss, summed
+            per_example = per_example.sum(1)
+        loss = per_example.mean()
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, self.global_step), self.first_bad_step)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)

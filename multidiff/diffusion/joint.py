@@ -1,0 +1,159 @@
+"""Diffusion over several modalities at once, each with its own noise level per example.
+
+x packs the modalities' encoded examples side by side ([B, D], D = Σ D_m). Every modality m has
+its own σ_data, EDM preconditioning, fixed loss weight w_m(σ_m) and σ per example (a [B, M] σ
+tensor, column m drawn from modality m's schedule). The backbone sees all modalities at once and
+each token's noise level, so it learns the joint, every conditional and the marginals:
+
+- a share ``clean_share`` of examples gives one modality (chosen at random) clean — the model
+  learns p(other | given) — and that modality is neither trained nor observed by its schedule;
+- a share ``drop_share`` puts one modality at σ_max — the model learns the marginal of the others
+  (pure noise carries nothing) — and that entry is trained but not observed (its schedule did not
+  draw it).
+
+The bound (:meth:`JointDiffusion.nelbo`) follows every modality down its own path, from σ_max to
+its own reconstruction point (a binary image decodes where its pixels are already determined),
+evaluated together: at quadrature node s_j modality m sits at σ_m(s_j), log-linear in s.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor, nn
+
+from .likelihood import quadrature
+from .loss import LossOutput
+from .model import RECON, DiffusionModel
+from .precond import edm_coefficients
+from .weighting import get_weighting
+
+
+class JointDiffusion(DiffusionModel):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        shapes: dict[str, tuple[int, ...]],
+        sigma_data: dict[str, float],
+        recon: dict[str, str],
+        floors: dict[str, float],
+        decoders: dict[str, Callable[[Tensor], Tensor]],
+        tables: dict[str, Tensor],
+        *,
+        weighting: str,
+        sigma_min: float,
+        sigma_max: float,
+        clean_share: float,
+        drop_share: float,
+    ) -> None:
+        super().__init__()
+        self.net = backbone
+        self.keys = list(shapes)
+        self.shapes = {k: tuple(v) for k, v in shapes.items()}
+        self.sizes = [math.prod(self.shapes[k]) for k in self.keys]
+        self.sigma_data, self.recon, self.floors = dict(sigma_data), dict(recon), dict(floors)
+        self.decoders = decoders
+        self.weights = {k: get_weighting(weighting, self.sigma_data[k]) for k in self.keys}
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.clean_share, self.drop_share = float(clean_share), float(drop_share)
+        for k in self.keys:  # the paired examples, looked up by index (on the model's device; not in checkpoints)
+            self.register_buffer(f"table_{k}", tables[k], persistent=False)
+
+    # ---- packing ------------------------------------------------------------------------------------
+    def encode(self, batch: Tensor) -> Tensor:
+        """[B, M] example indices (one per modality) → x [B, D]."""
+        idx = batch.long()
+        return torch.cat([getattr(self, f"table_{k}")[idx[:, m]].flatten(1).float() for m, k in enumerate(self.keys)], dim=1)
+
+    def split(self, x: Tensor) -> dict[str, Tensor]:
+        """x [B, D] → each modality's [B, *shape]."""
+        return {k: part.reshape(x.shape[0], *self.shapes[k]) for k, part in zip(self.keys, x.split(self.sizes, dim=1))}
+
+    def join(self, parts: dict[str, Tensor]) -> Tensor:
+        return torch.cat([parts[k].flatten(1) for k in self.keys], dim=1)
+
+    def sigmas(self, sigma: Tensor, batch: int) -> dict[str, Tensor]:
+        """σ of shape [B] (shared), [B, M] (per modality) or a scalar → each modality's [B]."""
+        sigma = sigma.float().reshape(-1) if sigma.ndim <= 1 else sigma.float()
+        if sigma.ndim == 1:
+            sigma = sigma.expand(batch) if sigma.numel() == 1 else sigma
+            return {k: sigma for k in self.keys}
+        return {k: sigma[:, m] for m, k in enumerate(self.keys)}
+
+    # ---- the denoiser -------------------------------------------------------------------------------
+    def denoise_parts(self, parts: dict[str, Tensor], sig: dict[str, Tensor]) -> dict[str, Tensor]:
+        xs, cn, coef = {}, {}, {}
+        for k in self.keys:
+            s = sig[k].reshape(-1, *([1] * len(self.shapes[k])))
+            c_skip, c_out, c_in, c_noise = edm_coefficients(s, self.sigma_data[k])
+            xs[k], cn[k], coef[k] = c_in * parts[k], c_noise.flatten(), (c_skip, c_out)
+        out = self.net(xs, cn)
+        return {k: coef[k][0] * parts[k] + coef[k][1] * out[k].float() for k in self.keys}
+
+    def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
+        """D(x; σ) for packed x [B, D]; σ [B] (every modality at the same level) or [B, M]."""
+        return self.join(self.denoise_parts(self.split(x), self.sigmas(sigma, x.shape[0])))
+
+    # ---- training -------------------------------------------------------------------------------------
+    def loss(self, x: Tensor, sigma: Tensor, noise: Tensor, weight: Any, batch: Any, generator: Optional[torch.Generator] = None) -> LossOutput:
+        """Per modality: w_m(σ_m)·mean‖D_m − x_m‖² ([B, M]); ``weight`` is unused (each modality has
+        its own). Which examples get a modality clean or at σ_max follows the step's generator."""
+        b, m = x.shape[0], len(self.keys)
+        u = torch.rand(b, generator=generator, device=x.device)
+        which = torch.nn.functional.one_hot(torch.randint(m, (b,), generator=generator, device=x.device), m).bool()
+        clean = which & (u < self.clean_share)[:, None]
+        drop = which & ((u >= self.clean_share) & (u < self.clean_share + self.drop_share))[:, None]
+        sigma = torch.where(clean, torch.full_like(sigma, self.sigma_min), torch.where(drop, torch.full_like(sigma, self.sigma_max), sigma))
+        parts, eps = self.split(x), self.split(noise)
+        sig = self.sigmas(sigma, b)
+        noisy = {}
+        for j, k in enumerate(self.keys):
+            keep = (~clean[:, j]).float().reshape(-1, *([1] * len(self.shapes[k])))
+            noisy[k] = parts[k] + sig[k].reshape(-1, *([1] * len(self.shapes[k]))) * eps[k] * keep
+        den = self.denoise_parts(noisy, sig)
+        err = torch.stack([(den[k] - parts[k]).square().flatten(1).mean(1) for k in self.keys], dim=1)
+        w = torch.stack([self.weights[k](sig[k]) for k in self.keys], dim=1)
+        trained = (~clean).float()
+        observed = (~(clean | drop)).float()
+        return LossOutput(loss=w * err * trained, error=(err * observed).detach(), mask=observed)
+
+    # ---- the bound ------------------------------------------------------------------------------------
+    def recon_nll(self, x: Tensor, z: Tensor, sigma: float) -> Tensor:
+        raise NotImplementedError("the joint bound decodes each modality at its own σ (see nelbo)")
+
+    @torch.no_grad()
+    def nelbo(self, x: Tensor, noise: Tensor, sigma_min: float, sigma_max: float, only: Optional[str] = None) -> Tensor:
+        """Per-example NELBO in nats along every modality's own path σ_max → its floor (``sigma_min``
+        is each floor's lower limit). ``only``: the bound of that modality alone, the others given
+        clean (a conditional NELBO)."""
+        nodes = noise.shape[1] - 1
+        parts = self.split(x)
+        lo = {k: max(self.floors[k], sigma_min) for k in self.keys}
+        grid = {k: quadrature(lo[k], sigma_max, nodes) for k in self.keys}  # (midpoints of ln σ, cell width)
+        counted = [only] if only else self.keys
+        total = x.new_zeros(x.shape[0])
+        for j in range(nodes):
+            eps = self.split(noise[:, j])
+            sig, noisy = {}, {}
+            for k in self.keys:
+                given = only is not None and k != only
+                s = self.sigma_min if given else float(math.exp(float(grid[k][0][j])))
+                sig[k] = torch.full((x.shape[0],), s, device=x.device)
+                noisy[k] = parts[k] if given else parts[k] + s * eps[k]
+            den = self.denoise_parts(noisy, sig)
+            for k in counted:
+                s = float(sig[k][0])
+                total += (den[k].float() - parts[k]).square().flatten(1).sum(1) / s**2 * grid[k][1]
+        last = self.split(noise[:, -1])
+        for k in counted:
+            total += parts[k].square().flatten(1).sum(1) / (2 * sigma_max**2)  # prior
+            total += RECON[self.recon[k]](parts[k], parts[k] + lo[k] * last[k], lo[k])  # reconstruction
+        return total
+
+    # ---- decoding -------------------------------------------------------------------------------------
+    def decode(self, x: Tensor) -> Tensor:
+        """Each modality decoded by its own domain (sign of ±1 pixels, an autoencoder's decoder, ...),
+        flattened and packed again: [B, Σ decoded sizes]."""
+        parts = self.split(x)
+        return torch.cat([self.decoders[k](parts[k]).flatten(1).float() for k in self.keys], dim=1)

@@ -1,0 +1,189 @@
+"""The joint domain: pairing and held-out splits, one schedule per modality that sees only its own
+errors, exact resume with two learned schedules, conditional sampling that keeps the given
+modality fixed, and per-modality schedule files that single-modality runs accept."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, require
+from multidiff.cli import main
+from multidiff.domains.joint import pair_by_label
+from multidiff.schedules.base import ScheduleContext
+from multidiff.schedules.group import ScheduleGroup
+from multidiff.schedules.infonoise import InfoNoise, InfoNoiseParams
+from multidiff.schedules.io import load_schedule_file
+from test_reliability import _same, _snapshot
+
+RECIPE = REPO / "recipes" / "joint_digits_speech.yaml"
+
+
+def tiny_joint_args(out, steps=10, extra=(), schedule_settings=True):
+    args = ["train", str(RECIPE), "--out", str(out), "--max-steps", str(steps)]
+    for item in (
+        "data.modalities.audio.data.clips=300", "data.modalities.audio.data.n_mels=16", "data.modalities.audio.data.frames=16",
+        "data.modalities.audio.data.griffin_lim_iters=4", "model.width=32", "model.layers=1", "model.heads=2",
+        "model.patch.audio=4", "train.batch_size=16", "train.progress_bar=false", "train.eval_every=5", "eval.quality_every=5",
+        "train.checkpoint_every=5", "train.log_every=5", "eval.nelbo_examples=16", "eval.nelbo_nodes=4", "eval.quality_samples=24",
+        "sample.n=6", "sample.steps=3", "schedule.image.warmup=2", "schedule.image.refresh=2", "schedule.image.bins=16",
+        "schedule.image.min_count=2", "schedule.audio.warmup=2", "schedule.audio.refresh=3", "schedule.audio.bins=16",
+        "schedule.audio.min_count=2", *extra,
+    ):  # fmt: skip
+        if schedule_settings or not item.startswith("schedule."):
+            args += ["--set", item]
+    return args
+
+
+@pytest.fixture(scope="module")
+def joint_run(tmp_path_factory):
+    import shutil
+
+    require(shutil.which("espeak-ng") is not None, "espeak-ng")
+    out = tmp_path_factory.mktemp("joint") / "run"
+    assert main(tiny_joint_args(out)) == 0
+    return out
+
+
+# ---- pairing --------------------------------------------------------------------------------------
+
+
+def test_pairs_share_their_class_and_use_the_smaller_modality_evenly():
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 3, 300), rng.integers(0, 3, 40)
+    pairs = pair_by_label([a, b], seed=0)
+    assert pairs.shape == (300, 2) and np.array_equal(pairs[:, 0], np.arange(300))
+    assert np.array_equal(a[pairs[:, 0]], b[pairs[:, 1]])  # every pair is one class
+    for c in range(3):
+        used = np.bincount(pairs[a == c, 1], minlength=40)[b == c]
+        assert used.max() - used.min() <= 1  # each example of the smaller modality used equally often
+
+
+def test_held_out_pairs_come_from_held_out_examples_of_both_modalities(joint_run):
+    from multidiff.pipeline import prepare, read_run_recipe
+
+    setup = prepare(read_run_recipe(joint_run), joint_run, metrics=False)
+    parts = setup.data.info["parts"]
+    n_img, n_aud = parts["image"].train.shape[0], parts["audio"].train.shape[0]
+    assert (setup.data.train[:, 0] < n_img).all() and (setup.data.train[:, 1] < n_aud).all()
+    assert (setup.data.val[:, 0] >= n_img).all() and (setup.data.val[:, 1] >= n_aud).all()  # rows after the training rows
+    tables = setup.data.info["tables"]
+    val = setup.data.info["val_pairs"]
+    assert torch.equal(tables["image"][setup.data.val[:, 0]], parts["image"].val[val[:, 0]])
+    labels = parts["image"].val_labels[val[:, 0]], parts["audio"].val_labels[val[:, 1]]
+    assert torch.equal(*labels)
+
+
+# ---- one schedule per modality ---------------------------------------------------------------------
+
+
+def test_each_member_schedule_sees_only_its_own_modality_and_masked_entries_are_left_out():
+    ctx = ScheduleContext(0.002, 80.0, 1.0, weight=lambda s: s * 0 + 1)
+    group = ScheduleGroup({"a": InfoNoise(ctx, InfoNoiseParams(bins=8)), "b": InfoNoise(ctx, InfoNoiseParams(bins=8))})
+    sigma = group.sample(6, torch.Generator().manual_seed(0))
+    assert sigma.shape == (6, 2)
+    error = torch.stack([torch.full((6,), 1.0), torch.full((6,), 5.0)], dim=1)
+    mask = torch.ones(6, 2)
+    mask[:2, 1] = 0  # two examples had modality b given clean
+    group.observe(sigma, error, error, mask)
+    a, b = group.members["a"].stats, group.members["b"].stats
+    assert float(a.sums.sum()) == 6.0 and float(a.counts.sum()) == 6  # only 1.0s: column a
+    assert float(b.sums.sum()) == 20.0 and float(b.counts.sum()) == 4  # only 5.0s, and not the masked ones
+
+
+def test_a_joint_run_learns_one_schedule_per_modality_and_writes_each_modalitys_outputs(joint_run):
+    ev = json.loads((joint_run / "eval.json").read_text())
+    assert ev["domain"] == "joint" and ev["step"] == 10
+    for key in ("fd_image", "fd_audio", "agreement", "cond_image_to_audio", "cond_audio_to_image", "nelbo_image_given_rest", "nelbo_audio_given_rest"):
+        assert math.isfinite(ev[key]), key
+    assert 0 <= ev["agreement"] <= 1 and set(ev["quality"]) == {"fd_image", "fd_audio", "agreement", "cond_image_to_audio", "cond_audio_to_image"}
+    image = load_schedule_file(joint_run / "schedule.image.json")
+    audio = load_schedule_file(joint_run / "schedule.audio.json")
+    assert image.meta["domain"] == "binary_image" and audio.meta["domain"] == "spectrogram"
+    assert image.table.gate["c"] == 0.2 and audio.table.gate["rule"] == "onset"  # each member its own settings
+    assert image.table.pdf != audio.table.pdf
+    assert (joint_run / "samples" / "image" / "final.png").is_file() and len(list((joint_run / "samples" / "audio" / "final").glob("*.wav"))) == 6
+    assert (joint_run / "plots" / "schedule.image.png").is_file() and (joint_run / "plots" / "schedule.audio.png").is_file()
+
+
+def test_per_modality_schedule_files_train_single_modality_runs(joint_run, tmp_path):
+    from conftest import tiny_train_args
+
+    args = tiny_train_args(tmp_path / "digits", steps=2) + ["--schedule", str(joint_run / "schedule.image.json")]
+    assert main(args) == 0
+    frozen = load_schedule_file(tmp_path / "digits" / "schedule.json").table
+    assert frozen.pdf == load_schedule_file(joint_run / "schedule.image.json").table.pdf
+
+
+def test_joint_training_resumes_exactly_with_two_learned_schedules(joint_run, tmp_path):
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    assert main(tiny_joint_args(straight, steps=15)) == 0
+    assert main(tiny_joint_args(halves, steps=10)) == 0
+    assert main(tiny_joint_args(halves, steps=15) + ["--resume"]) == 0
+    a, b = _snapshot_joint(straight), _snapshot_joint(halves)
+    _same(a, b)
+
+
+def _snapshot_joint(run):
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return {"weights": ckpt["state_dict"], "schedule": ckpt["multidiff"]["schedule"], "step": ckpt["global_step"],
+            "files": {p.name: json.loads(p.read_text())["pdf"] for p in sorted(run.glob("schedule.*.json"))},
+            "eval": json.loads((run / "eval.json").read_text())["quality"]}  # fmt: skip
+
+
+# ---- sampling ---------------------------------------------------------------------------------------------
+
+
+def test_conditional_sampling_keeps_the_given_modality_fixed(joint_run):
+    from multidiff.domains.joint import JointCondition
+    from multidiff.evaluation import generate
+    from multidiff.pipeline import load_run, sampling_grid
+
+    setup, _ = load_run(joint_run)
+    model = setup.model.eval()
+    given = setup.data.info["parts"]["image"].val[:5].float()
+    x = generate(model, setup.example_shape(), 5, sampling_grid(setup, "karras", 4), condition=JointCondition(model, {"image": given}))
+    assert torch.equal(model.split(x)["image"], given)  # exactly the given images
+    free = generate(model, setup.example_shape(), 5, sampling_grid(setup, "karras", 4))
+    assert not torch.equal(model.split(free)["image"], given)
+
+
+def test_sample_command_conditions_on_held_out_examples_or_samples_one_modality(joint_run, capsys):
+    assert main(["sample", str(joint_run), "--n", "4", "--steps", "3", "--given", "image=heldout"]) == 0
+    assert (joint_run / "samples" / "audio" / "karras-heun3-seed0-given-image").is_dir()
+    assert main(["sample", str(joint_run), "--n", "4", "--steps", "3", "--only", "audio"]) == 0
+    assert (joint_run / "samples" / "audio" / "karras-heun3-seed0-only-audio.png").is_file()
+    capsys.readouterr()
+    assert main(["sample", str(joint_run), "--given", "video=heldout"]) == 2
+    assert "unknown modality 'video'" in capsys.readouterr().err
+
+
+def test_schedule_flag_sets_every_modality(tmp_path, capsys):
+    import shutil
+
+    require(shutil.which("espeak-ng") is not None, "espeak-ng")
+    out = tmp_path / "edm"
+    assert main(tiny_joint_args(out, steps=2, schedule_settings=False) + ["--schedule", "edm"]) == 0
+    assert {load_schedule_file(p).table.method for p in out.glob("schedule.*.json")} == {"edm"}
+    assert main(tiny_joint_args(tmp_path / "bad", steps=2) + ["--set", "schedule.image.name=nosuch"]) == 2
+    assert "nosuch" in capsys.readouterr().err
+
+
+def test_compare_to_edm_reports_per_modality_densities_and_metrics(tmp_path):
+    import shutil
+
+    from PIL import Image
+
+    require(shutil.which("espeak-ng") is not None, "espeak-ng")
+    out = tmp_path / "cmp"
+    assert main(tiny_joint_args(out, steps=4) + ["--compare-to", "edm"]) == 0
+    md = (out / "report.md").read_text()
+    for label in ("image Fréchet distance", "audio Fréchet distance", "joint agreement", "image→audio accuracy", "audio→image accuracy"):
+        assert label in md, label
+    row = next(line for line in md.splitlines() if line.startswith("| infonoise |"))
+    assert "image " in row and "audio " in row  # the density peak column names each modality
+    width = Image.open(out / "densities.png").size[0]
+    assert width > 1.6 * 880  # one panel per modality, side by side
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["agreement"]["lower"] is False  # higher is better: raced upward
