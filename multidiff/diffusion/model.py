@@ -21,6 +21,11 @@ from .precond import EDMPrecond
 class DiffusionModel(nn.Module):
     """encode(batch) → x; denoise(x, σ) → x0 estimate; loss(...) → LossOutput; decode(x) → domain space."""
 
+    @property
+    def backbone(self) -> nn.Module:
+        """The network the denoiser wraps (what ``train.compile`` compiles)."""
+        return self.net
+
     def encode(self, batch: Any) -> Tensor:
         return batch
 
@@ -73,6 +78,10 @@ class ContinuousDiffusion(DiffusionModel):
         self.precond = EDMPrecond(backbone, sigma_data)
         self.recon = recon
         self.sign_decode = sign_decode
+
+    @property
+    def backbone(self) -> nn.Module:
+        return self.precond.net
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         return self.precond(x, sigma)

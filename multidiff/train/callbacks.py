@@ -28,22 +28,49 @@ from .probe import DenoiserProbe
 def ema_with_warmup(decay: float):
     """EMA whose decay ramps as (1+n)/(10+n) up to ``decay``, so early EMA weights are not stale.
 
-    Tensor arithmetic only: the count n stays on the device.
+    One fused update over all parameters (``torch._foreach_*``) with the decay kept as a device
+    tensor: no per-parameter Python loop and no host synchronization.
     """
 
-    def avg_fn(averaged: torch.Tensor, current: torch.Tensor, num_averaged: torch.Tensor) -> torch.Tensor:
-        n = num_averaged.to(averaged.dtype)
+    def multi_avg_fn(averaged: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        n = num_averaged.to(averaged[0].dtype)
         d = torch.clamp((1 + n) / (10 + n), max=decay)
-        return averaged + (current - averaged) * (1 - d)
+        torch._foreach_lerp_(averaged, current, 1 - d)  # averaged += (1 − d)·(current − averaged)
 
-    return avg_fn
+    return multi_avg_fn
 
 
 class EMA(WeightAveraging):
-    """Lightning's weight averaging with an EMA warm-up; validation runs on the EMA weights."""
+    """Lightning's weight averaging with an EMA warm-up; validation runs on the EMA weights and
+    checkpoints store them as ``state_dict`` (the raw weights as ``current_model_state``).
+
+    The per-step update is ours: one fused update over cached parameter lists. (The generic
+    ``AveragedModel.update_parameters`` walks the module tree, averages constant buffers too and
+    reads its step counter on the host twice per step.)
+    """
 
     def __init__(self, decay: float) -> None:
-        super().__init__(avg_fn=ema_with_warmup(decay))
+        super().__init__(multi_avg_fn=ema_with_warmup(decay))
+        self._update = ema_with_warmup(decay)
+        self._lists: Optional[tuple[list[torch.Tensor], list[torch.Tensor]]] = None
+        self._started = False
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.global_step <= self._latest_update_step:
+            return
+        avg = self._average_model
+        assert avg is not None
+        if self._lists is None:
+            self._lists = [p.detach() for p in avg.module.parameters()], [p.detach() for p in pl_module.parameters()]
+            self._started = bool(avg.n_averaged > 0)  # one host read per process: a resumed run continues its average
+        averaged, current = self._lists
+        if self._started:
+            self._update(averaged, current, avg.n_averaged)
+        else:
+            torch._foreach_copy_(averaged, current)
+            self._started = True
+        avg.n_averaged += 1
+        self._latest_update_step = trainer.global_step
 
 
 class ScheduleCallback(L.Callback):
@@ -55,8 +82,9 @@ class ScheduleCallback(L.Callback):
     metrics.csv and schedule_history/refreshes.csv with the probe's denoiser evaluations.
     """
 
-    def __init__(self, run_dir: Path, meta: Callable[[str], dict[str, Any]], check_every: int) -> None:
+    def __init__(self, run_dir: Path, meta: Callable[[str], dict[str, Any]], check_every: int, loggers: Optional[list[Any]] = None) -> None:
         self.run_dir, self.meta, self.check_every = Path(run_dir), meta, max(1, check_every)
+        self.loggers = list(loggers or [])  # besides the CSV log: where the density goes as an image at each refresh
         self.probe: Optional[DenoiserProbe] = None
         self._last_end: Optional[float] = None
         self._step_times: list[float] = []
@@ -106,6 +134,10 @@ class ScheduleCallback(L.Callback):
             history = self.run_dir / "schedule_history"
             self.export(pl_module, step, history, f"step{step:07d}")
             _append_csv(history / "refreshes.csv", row)
+            if self.loggers:
+                from .loggers import log_density
+
+                log_density(self.loggers, pl_module.schedule.tables(), step)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         pl_module.check_finite()  # never write a checkpoint or schedule from a diverged model

@@ -70,9 +70,22 @@ def make_module(setup: Any):
     )  # fmt: skip
 
 
-def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Callable[[Any], dict[str, float]]] = None) -> Optional[dict[str, float]]:
+def prepare_for_device(setup: Any, device_type: str) -> None:
+    """The GPU path: ``train.compile`` compiles the backbone in place (its parameter names, hence
+    checkpoints, stay the same); convolutional backbones go channels-last on CUDA."""
+    backbone = setup.model.backbone
+    if device_type == "cuda" and any(isinstance(m, torch.nn.Conv2d) for m in backbone.modules()):
+        backbone.to(memory_format=torch.channels_last)
+        backbone.channels_last = True
+    if setup.cfg.train.compile:
+        backbone.compile()
+
+
+def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Callable[[Any], dict[str, float]]] = None,
+        extra_callbacks: Optional[list[Any]] = None) -> Optional[dict[str, float]]:  # fmt: skip
     """Train into run_dir (from checkpoints/last.ckpt when ``resume``). Returns the wall times of
-    training and of the evaluations inside it on the primary process, None on the others."""
+    training and of the evaluations inside it (and the peak device memory on a GPU) on the primary
+    process, None on the others."""
     import lightning as L
 
     from .callbacks import EMA, QualityCallback, ScheduleCallback, StepCheckpoint
@@ -89,15 +102,17 @@ def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Ca
     if resume:
         _prepare_metrics_for_resume(run_dir / "metrics.csv", _checkpoint_step(ckpt_path), loggers[0])
     quality = QualityCallback(cfg.quality_every, quality_fn, cfg.train.max_steps)
+    settings = _device_settings(setup.recipe["train"])
     trainer = L.Trainer(
         max_steps=t.max_steps,
-        **_device_settings(setup.recipe["train"]),
+        **settings,
         logger=loggers,
         callbacks=[
             quality,  # before EMA: its validation-end hook runs while the EMA weights are still swapped in
             EMA(t.ema_decay),
-            ScheduleCallback(run_dir, setup.meta, check_every=t.log_every),
+            ScheduleCallback(run_dir, setup.meta, check_every=t.log_every, loggers=loggers[1:]),
             StepCheckpoint(ckpt_dir, t.checkpoint_every),
+            *(extra_callbacks or []),
         ],
         val_check_interval=t.eval_every,
         check_val_every_n_epoch=None,
@@ -109,12 +124,19 @@ def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Ca
         default_root_dir=str(run_dir),
         enable_model_summary=t.progress_bar,
     )
+    device_type = trainer.strategy.root_device.type
+    prepare_for_device(setup, device_type)
+    if device_type == "cuda":
+        torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
     started = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     if not trainer.is_global_zero:
         return None
-    return {"fit_s": time.perf_counter() - started, "nelbo_eval_s": quality.nelbo_s, "quality_eval_s": quality.quality_s,
-            "steps_trained": float(trainer.global_step)}  # fmt: skip
+    out = {"fit_s": time.perf_counter() - started, "nelbo_eval_s": quality.nelbo_s, "quality_eval_s": quality.quality_s,
+           "steps_trained": float(trainer.global_step)}  # fmt: skip
+    if device_type == "cuda":
+        out["peak_device_memory_mb"] = torch.cuda.max_memory_allocated(trainer.strategy.root_device) / 2**20
+    return out
 
 
 def _checkpoint_step(path: Path) -> int:

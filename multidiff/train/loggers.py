@@ -50,3 +50,31 @@ def make_loggers(spec: Any, run_dir: Path, cfg: Any) -> list[Any]:
             out.append(MLFlowLogger(experiment_name=f"multidiff-{cfg.name}", run_name=Path(run_dir).name,
                                     tracking_uri=f"file:{Path(run_dir).resolve() / 'mlruns'}"))  # fmt: skip
     return out
+
+
+def log_density(loggers: list[Any], tables: dict[str, Any], step: int) -> None:
+    """The schedule's current training density as an image, to every logger that takes images
+    (TensorBoard, W&B, MLflow), so a long run's density can be watched as it moves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from ..report.plots import plot_density_axes
+
+    fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
+    for ax, (key, table) in zip(axes[0], tables.items()):
+        plot_density_axes(ax, {key or table.method: table})
+        ax.set_title(f"step {step}{': ' + key if key else ''}")
+    fig.tight_layout()
+    for logger in loggers:
+        experiment = logger.experiment
+        if hasattr(experiment, "add_figure"):  # TensorBoard
+            experiment.add_figure("schedule/density", fig, global_step=step, close=False)
+        elif hasattr(experiment, "log_figure"):  # MLflow
+            experiment.log_figure(logger.run_id, fig, f"schedule/density_step{step:07d}.png")
+        elif hasattr(experiment, "log"):  # W&B
+            import wandb
+
+            experiment.log({"schedule/density": wandb.Image(fig), "trainer/global_step": step})
+    plt.close(fig)

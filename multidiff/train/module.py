@@ -39,6 +39,7 @@ class DiffusionModule(L.LightningModule):
         self.schedule = schedule  # not an nn.Module: its state travels in checkpoint["multidiff"]
         self.weight = weight
         self.seed = cfg.seed
+        self.log_every = max(1, cfg.train.log_every)
         self.lr, self.lr_warmup, self.weight_decay = cfg.train.lr, cfg.train.lr_warmup, cfg.train.weight_decay
         self.nelbo = nelbo
         self.nelbo_count = nelbo_count  # units per example of the primary NELBO unit
@@ -87,7 +88,8 @@ class DiffusionModule(L.LightningModule):
         loss = per_example.mean()
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, self.global_step), self.first_bad_step)
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=False)
+        if (self.global_step + 1) % self.log_every == 0:  # the steps Lightning writes (log_every_n_steps); logging every step costs more than small models take
+            self.log("train/loss", loss.detach(), prog_bar=True, on_step=True, on_epoch=False)
         return loss
 
     def check_finite(self) -> None:
