@@ -40,14 +40,44 @@ RECIPES = {
     "latent_image": "recipes/latent_fashion.yaml",
     "joint": "recipes/joint_digits_speech.yaml",
 }
+#: per-domain recipe overrides for each scale: ``cpu`` = the CPU recipes as they are, ``real`` = the
+#: sizes their headers give for a GPU (batch raised to fill one), ``tiny`` = a seconds-long dry run
+SCALES: dict[str, dict[str, list[str]]] = {
+    "cpu": {d: [] for d in RECIPES},
+    "real": {
+        "binary_image": ["data.source=fashion_mnist", "model.channels=64", "model.channel_mult=[1,2,2]", "model.num_blocks=2",
+                         "model.attention=[2]", "train.batch_size=256"],
+        "text": ["model.width=512", "model.layers=8", "model.heads=8", "data.seq_len=128", "train.batch_size=128"],
+        "spectrogram": ["model.channels=64", "train.batch_size=128"],
+        "latent_image": ["model.channels=128", "model.num_blocks=2", "model.attention=[1]", "train.batch_size=256"],
+        "joint": ["model.width=256", "model.layers=6", "model.heads=8", "train.batch_size=256"],
+    },
+    "tiny": {
+        "binary_image": ["model.channels=8", "model.channel_mult=[1]", "train.batch_size=4"],
+        "text": ["data.source=pydoc", "data.max_chars=60000", "data.vocab_size=300", "data.seq_len=16", "model.width=16",
+                 "model.layers=1", "model.heads=2", "model.embed_dim=8", "train.batch_size=4"],
+        "spectrogram": ["data.clips=40", "data.n_mels=16", "data.frames=16", "model.channels=8", "model.channel_mult=[1]", "train.batch_size=4"],
+        "latent_image": ["data.source=digits", "data.autoencoder.steps=20", "data.autoencoder.channels=8", "data.autoencoder.latent_channels=2",
+                         "model.channels=8", "model.channel_mult=[1]", "train.batch_size=4"],
+        "joint": ["data.modalities.audio.data.clips=300", "data.modalities.audio.data.n_mels=16", "data.modalities.audio.data.frames=16",
+                  "model.width=16", "model.layers=1", "model.heads=2", "model.patch.audio=4", "train.batch_size=4"],
+    },
+}  # fmt: skip
+
 #: peak dense bf16 tensor throughput (FLOP/s) of GPUs the suite may meet, for the utilisation figure
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
 
 
-def _sets(schedule_refresh: bool, extra: list[str]) -> list[str]:
+def _sets(raw: dict[str, Any], extra: list[str]) -> list[str]:
+    """No evaluation or checkpoints inside the timed run; learned schedules past their warm-up, so
+    their per-step observation and refreshes are timed too."""
+    from multidiff.recipe import schedule_specs
+    from multidiff.schedules.registry import REGISTRY, param_defaults
+
     sets = ["train.progress_bar=false", "train.eval_every=1000000", "eval.quality_every=0", "train.checkpoint_every=1000000"]
-    if schedule_refresh:
-        sets += ["schedule.warmup=0"]
+    for key, spec in schedule_specs(raw).items():
+        if spec.get("name") in REGISTRY and "warmup" in param_defaults(spec["name"]):
+            sets.append(f"schedule.{key + '.' if key else ''}warmup=0")
     return sets + extra
 
 
@@ -153,7 +183,7 @@ def bench(domain: str, recipe_path: str, device: torch.device, block: int, block
 
     raw = load_recipe_file(ROOT / recipe_path)
     accel = ["train.accelerator=gpu"] if device.type == "cuda" else ["train.accelerator=cpu"]
-    recipe = resolve(raw, recipe_path, _sets(True, accel + extra + [f"train.max_steps={block * (blocks + 2)}"]))
+    recipe = resolve(raw, recipe_path, _sets(raw, accel + extra + [f"train.max_steps={block * (blocks + 2)}"]))
     setup = prepare(recipe, metrics=False)
     cb = interleaver(setup, block, blocks, device)
     with tempfile.TemporaryDirectory() as tmp:
@@ -179,7 +209,8 @@ def main() -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--block", type=int, default=15, help="steps per timed block")
     p.add_argument("--blocks", type=int, default=6, help="blocks of each kind")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for every domain (e.g. model.width=512)")
+    p.add_argument("--scale", choices=list(SCALES), default="cpu", help="recipe sizes: cpu (as shipped), real (GPU), tiny (dry run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="recipe overrides for every domain (e.g. train.compile=true)")
     p.add_argument("--flops", action="store_true", help="count model FLOPs and report utilisation (GPU)")
     p.add_argument("--json", help="write the figures to this file too")
     args = p.parse_args()
@@ -187,7 +218,7 @@ def main() -> int:
     device = torch.device(args.device)
     rows = []
     for domain in args.domains:
-        r = bench(domain, RECIPES[domain], device, args.block, args.blocks, args.set, args.flops)
+        r = bench(domain, RECIPES[domain], device, args.block, args.blocks, SCALES[args.scale][domain] + args.set, args.flops)
         rows.append(r)
         extra = ""
         if "peak_memory_mb" in r:
