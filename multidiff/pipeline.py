@@ -34,7 +34,16 @@ from .files import RunLock, atomic_write_text, clear_directory, has_content, use
 from .metrics.features import cache_root
 from .plans import RunPlan, finished, plan_runs, reuse_problem
 from .recipe import (
-    RESUMABLE_KEYS, Sections, differences, dump, flatten, load_recipe_file, resolve, schedule_specs, sections, select_schedule,
+    RESUMABLE_KEYS,
+    Sections,
+    differences,
+    dump,
+    flatten,
+    load_recipe_file,
+    resolve,
+    schedule_specs,
+    sections,
+    select_schedule,
 )
 from .schedules.base import Schedule, ScheduleContext
 from .schedules.io import load_schedule_file

@@ -7,15 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import REPO, require
+from test_reliability import _same
+
 from multidiff.cli import main
 from multidiff.domains.joint import pair_by_label
 from multidiff.schedules.base import ScheduleContext
 from multidiff.schedules.group import ScheduleGroup
 from multidiff.schedules.infonoise import InfoNoise, InfoNoiseParams
 from multidiff.schedules.io import load_schedule_file
-from test_reliability import _same, _snapshot
 
 RECIPE = REPO / "recipes" / "joint_digits_speech.yaml"
 

@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from multidiff.recipe import load_recipe_file, resolve, select_schedule  # noqa: E402
 from multidiff.pipeline import prepare as build  # noqa: E402
+from multidiff.recipe import load_recipe_file, resolve, select_schedule  # noqa: E402
 from multidiff.train.fit import make_module  # noqa: E402
 
 

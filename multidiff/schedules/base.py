@@ -142,12 +142,19 @@ class Schedule:
         return self.icdf(q).exp()
 
     # ---- adaptation hooks (no-ops for fixed schedules) ---------------------------------------
-    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor, mask: Optional[Tensor] = None) -> None:
-        """Per-example detached σ, unweighted x0-space error per dimension, and weighted loss;
-        ``mask`` (0/1 per example, optional) leaves examples out (e.g. a modality given clean).
+    def observe(self, sigma: Tensor, error: Tensor, loss: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> None:
+        """Per-example detached σ, unweighted x0-space error per dimension, and weighted loss
+        (default: w(σ)·error with the context's weight); ``mask`` (0/1 per example, optional)
+        leaves examples out (e.g. a modality given clean).
 
         Called every training step; implementations must stay on the device (no host sync).
         """
+
+    def weighted(self, sigma: Tensor, error: Tensor, loss: Optional[Tensor]) -> Tensor:
+        """The weighted loss a caller passed, or w(σ)·error when it passed none."""
+        if loss is not None:
+            return loss
+        return error if self.ctx.weight is None else self.ctx.weight(sigma.float()) * error
 
     def prepare(self, x: Tensor) -> dict[str, Any]:
         """Called once at the start of fitting with ``prepare_examples`` encoded training examples

@@ -109,7 +109,8 @@ class Curriculum(Schedule):
     def prepare(self, x: Tensor) -> dict[str, Any]:
         return self.base.prepare(x)
 
-    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor, mask: Optional[Tensor] = None) -> None:
+    def observe(self, sigma: Tensor, error: Tensor, loss: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> None:
+        loss = self.weighted(sigma, error, loss)
         self.base.observe(sigma, error, loss, mask)
         w = torch.ones_like(loss, dtype=torch.float32) if mask is None else mask.detach().float()
         self.loss_sum += (loss.detach().float() * w).sum()

@@ -47,9 +47,9 @@ class ScheduleGroup(Schedule):
         """σ of shape [n, M]: each member's stratified draw, in member order (σ, not ln σ)."""
         return torch.stack([s.sample(n, generator, device) for s in self.members.values()], dim=1)
 
-    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor, mask: Optional[Tensor] = None) -> None:
+    def observe(self, sigma: Tensor, error: Tensor, loss: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> None:
         for m, s in enumerate(self.members.values()):
-            s.observe(sigma[:, m], error[:, m], loss[:, m], None if mask is None else mask[:, m])
+            s.observe(sigma[:, m], error[:, m], None if loss is None else loss[:, m], None if mask is None else mask[:, m])
 
     def loss_scale(self, sigma: Tensor) -> Optional[Tensor]:
         scales = [s.loss_scale(sigma[:, m]) for m, s in enumerate(self.members.values())]
@@ -97,7 +97,11 @@ class ScheduleGroup(Schedule):
     def pdf(self, u: Tensor) -> Tensor:
         raise TypeError("a schedule group has one density per member: use group.members[name]")
 
-    cdf = icdf = pdf
+    def cdf(self, u: Tensor) -> Tensor:
+        return self.pdf(u)
+
+    def icdf(self, q: Tensor) -> Tensor:
+        return self.pdf(q)
 
     def to_table(self, n: int = 256) -> ScheduleTable:
         raise TypeError("a schedule group exports one table per member: use tables()")

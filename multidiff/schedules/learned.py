@@ -187,8 +187,8 @@ class BinnedSchedule(LearnedSchedule):
         self.stats.to(self.device)
         return self
 
-    def observe(self, sigma: Tensor, error: Tensor, loss: Tensor, mask: Optional[Tensor] = None) -> None:
-        self.stats.add(sigma, self.observed(error, loss), mask)
+    def observe(self, sigma: Tensor, error: Tensor, loss: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> None:
+        self.stats.add(sigma, self.observed(error, self.weighted(sigma, error, loss)), mask)
 
     def synchronize(self) -> None:
         self.stats.synchronize()
