@@ -342,6 +342,10 @@ def evaluate_run(setup: Setup, run_dir: Path) -> dict[str, Any]:
         "created_by": f"multidiff {__version__}",
     }
     result["headline"] = {label: result[key] for key, label in setup.domain.headline_metrics.items() if key in result}
+    timing = _read_json(run_dir / "timing.json")
+    if "peak_device_memory_mb" in timing:  # a GPU run: what training needed at most
+        result["resources"] = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+                               "peak_device_memory_mb": timing["peak_device_memory_mb"]}  # fmt: skip
     faults.point("eval", step)
     atomic_write_text(run_dir / "eval.json", json.dumps(result, indent=1))
     _record_timing(run_dir, final_eval_s=time.perf_counter() - started)
@@ -359,12 +363,16 @@ def _decoded_samples(setup: Setup, model: Any, n: int, device: torch.device, **s
     return model.decode(x.to(device)).cpu()
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    except ValueError:
+        return {}
+
+
 def _record_timing(run_dir: Path, **values: float) -> None:
     path = Path(run_dir) / "timing.json"
-    try:
-        old = json.loads(path.read_text()) if path.is_file() else {}
-    except ValueError:
-        old = {}
+    old = _read_json(path)
     old.update({k: round(float(v), 3) for k, v in values.items()})
     spent = [old.get(k, 0.0) for k in ("nelbo_eval_s", "quality_eval_s", "final_eval_s")]
     if "fit_s" in old:

@@ -31,6 +31,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "text": {"recipe": "recipes/text_kjv.yaml", "schedules": "edm,infonoise", "seeds": 3},
     "audio": {"recipe": "recipes/audio_digits.yaml", "schedules": "edm,infonoise,infonoise:allocation=density", "seeds": 1},
     "latent": {"recipe": "recipes/latent_fashion.yaml", "schedules": "edm,infonoise,infonoise:allocation=density", "seeds": 1},
+    "joint": {"recipe": "recipes/joint_digits_speech.yaml", "schedules": "edm,infonoise", "seeds": 1},
+    "digits-onset": {"recipe": "recipes/binary_digits.yaml", "schedules": "edm,infonoise:gate_c=null:onset=peak,infonoise:gate_c=null:onset=tail", "seeds": 1},
 }
 
 
