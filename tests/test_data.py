@@ -112,3 +112,43 @@ def test_unlabelled_data_get_pseudo_labels(tmp_path):
     data = dom.load()
     out = dom.sample_metrics(data.val, data)
     assert out["classifier"]["labels"] == "k-means pseudo-labels" and np.isfinite(out["fd"])
+
+
+def test_step_batches_through_workers_keep_the_order_of_steps():
+    from torch.utils.data import DataLoader
+
+    data = torch.arange(50).float()[:, None]
+    plain = StepBatches(data, 4, seed=3)
+    expected = [plain.data[plain.indices(s)] for s in range(12)]
+    loader = DataLoader(StepBatches(data, 4, seed=3), batch_size=None, num_workers=2)
+    got = [b for _, b in zip(range(12), loader)]
+    assert all(torch.equal(a, b) for a, b in zip(expected, got))  # two workers, steps still in order
+
+
+def test_density_images_reach_loggers_that_take_them():
+    from multidiff.schedules.base import ScheduleContext
+    from multidiff.schedules.fixed import LogNormal
+    from multidiff.train.loggers import check_loggers, log_density, logger_names
+
+    class Board:  # TensorBoard's experiment surface
+        def __init__(self):
+            self.figures = []
+
+        def add_figure(self, tag, fig, global_step, close):
+            self.figures.append((tag, global_step, len(fig.axes)))
+
+    class Logger:
+        experiment = Board()
+
+    logger = Logger()
+    table = LogNormal(ScheduleContext(0.002, 80.0)).to_table()
+    log_density([logger], {"image": table, "audio": table}, step=40)
+    assert logger.experiment.figures == [("schedule/density", 40, 2)]  # one panel per modality
+    assert logger_names(["tensorboard", "csv"]) == ["csv", "tensorboard"]
+    with pytest.raises(UserError, match="unknown logger 'nope'"):
+        logger_names("nope")
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is None:
+        with pytest.raises(UserError, match=r"pip install 'multidiff\[wandb\]'"):
+            check_loggers(["wandb"])
