@@ -117,6 +117,8 @@ def summarize(groups: dict[str, list[Path]], baseline: str) -> dict[str, Any]:
                 m["reached"] = [p["reached"] for p in per_seed]
                 m["speedup_per_seed"] = [p["ratio"] for p in per_seed]
                 m["speedup"] = summarize_ratios(m["speedup_per_seed"])
+                if final_within_noise(m["difference"], m["eval_noise_sd"]):
+                    m["speedup"]["verdict"] += "; final values within noise"
             elif label != baseline:
                 m["difference"] = paired_difference(finals, base_finals, None)
             entry["metrics"][key] = m
@@ -128,6 +130,15 @@ def summarize(groups: dict[str, list[Path]], baseline: str) -> dict[str, Any]:
                              if all(isinstance(e.get("headline", {}).get(k), (int, float)) for e in evals[label])}  # fmt: skip
         out["schedules"][label] = entry
     return out
+
+
+def final_within_noise(difference: dict[str, Any], eval_sd: Optional[float]) -> bool:
+    """Whether the final values cannot be told apart: the paired interval covers 0 (several seeds),
+    or with one seed the difference is below twice the metric's own evaluation noise."""
+    if difference.get("interval"):
+        return difference["interval"][0] <= 0 <= difference["interval"][1]
+    mean = difference.get("mean")
+    return mean is not None and eval_sd is not None and abs(mean) < 2 * eval_sd
 
 
 def plot_metric_curves(groups: dict[str, list[Path]], specs: dict[str, dict[str, Any]], path: Path) -> Path:
@@ -210,6 +221,8 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
             m = s["metrics"][key]
             diff = m.get("difference") or {}
             d_txt = f"{_fmt(diff.get('mean'))} {_fmt_interval(diff.get('interval'))}".strip() if diff.get("mean") is not None else "–"
+            if diff.get("interval") and diff.get("verdict") in ("within noise", "better", "worse"):
+                d_txt += f" ({diff['verdict']})"
             if "speedup" not in m:
                 lines.append(f"| {label} | {spec['label']} | {d_txt} ({diff.get('verdict', '–')}) | – | – | diagnostic |")
                 continue

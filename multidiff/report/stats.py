@@ -1,8 +1,9 @@
 """The yardsticks of a comparison: steps to reach a target (interpolated), speedups, and intervals
 across seeds that say when a difference is real.
 
-- :func:`steps_to_reach`: the first step at which a metric curve reaches a target value, linearly
-  interpolated between evaluations.
+- :func:`steps_to_reach`: the step from which a metric curve stays at or beyond a target value,
+  linearly interpolated between evaluations (a noisy sample metric that dips below the target once
+  and climbs back has not reached it).
 - :func:`speedup`: the baseline's steps / the steps another run needs to reach the baseline's final
   value (below 1 when the baseline gets there first: then the baseline's steps to the other's final
   value / the other's steps).
@@ -26,15 +27,17 @@ def _better(value: float, target: float, lower: bool) -> bool:
 
 
 def steps_to_reach(steps: Sequence[int], values: Sequence[float], target: float, lower: bool = True) -> Optional[float]:
-    """First step at which the curve reaches ``target`` (linear interpolation between evaluations);
-    None if it never does. ``lower``: smaller values are better."""
-    for i, (s, v) in enumerate(zip(steps, values)):
-        if _better(v, target, lower):
-            if i == 0:
-                return float(s)
-            s0, v0 = steps[i - 1], values[i - 1]
-            return s0 + (s - s0) * (v0 - target) / (v0 - v) if v0 != v else float(s)
-    return None
+    """The step from which the curve stays at or beyond ``target`` until its end (linear
+    interpolation into the last crossing); None if its last value has not reached it. ``lower``:
+    smaller values are better. For a monotone curve this is its first crossing."""
+    if not len(values) or not _better(values[-1], target, lower):
+        return None
+    misses = [i for i, v in enumerate(values) if not _better(v, target, lower)]
+    if not misses:
+        return float(steps[0])
+    i = misses[-1]
+    s0, v0, s1, v1 = steps[i], values[i], steps[i + 1], values[i + 1]
+    return s0 + (s1 - s0) * (v0 - target) / (v0 - v1) if v0 != v1 else float(s1)
 
 
 def speedup(baseline: Curve, other: Curve, lower: bool = True) -> dict[str, Any]:

@@ -1,0 +1,69 @@
+"""The comparison's yardsticks on constructed curves with known answers."""
+import math
+
+import numpy as np
+import pytest
+
+from multidiff.report.compare_report import final_within_noise
+from multidiff.report.stats import bootstrap_interval, paired_difference, speedup, steps_to_reach, summarize_ratios, verdict
+
+
+def test_steps_to_reach_interpolates_between_evaluations():
+    steps, values = [100, 200, 300, 400], [1.0, 0.8, 0.6, 0.4]
+    assert steps_to_reach(steps, values, 0.7) == pytest.approx(250.0)  # halfway between 0.8 and 0.6
+    assert steps_to_reach(steps, values, 1.2) == 100.0  # reached at the first evaluation
+    assert steps_to_reach(steps, values, 0.3) is None  # never
+    higher = steps_to_reach(steps, [0.1, 0.3, 0.5, 0.9], 0.4, lower=False)
+    assert higher == pytest.approx(250.0)  # accuracy-like metrics race upward
+
+
+def test_a_noisy_dip_below_the_target_is_not_reaching_it():
+    steps, values = [100, 200, 300, 400], [1.0, 0.5, 0.9, 0.6]  # dips to 0.5 once, then climbs back
+    assert steps_to_reach(steps, values, 0.7) == pytest.approx(300 + 100 * (0.9 - 0.7) / (0.9 - 0.6))
+
+
+def test_speedup_of_a_curve_twice_as_fast():
+    steps = [250 * k for k in range(1, 9)]  # 250 … 2000
+    base = [1 / s for s in steps]
+    fast = [1 / (2 * s) for s in steps]  # reaches any value in half the steps
+    sp = speedup((steps, base), (steps, fast))
+    assert sp["reached"] and sp["ratio"] == pytest.approx(2.0, rel=0.05)
+    slow = speedup((steps, fast), (steps, base))  # the other way round: the baseline gets there first
+    assert not slow["reached"] and slow["ratio"] == pytest.approx(0.5, rel=0.05)
+
+
+def test_ratios_are_averaged_in_log_space_with_a_bootstrap_interval():
+    out = summarize_ratios([2.0, 0.5])
+    assert out["mean"] == pytest.approx(1.0)  # 2× and ½× cancel
+    same = summarize_ratios([1.5, 1.5, 1.5])
+    assert same["mean"] == pytest.approx(1.5) and same["interval"] == pytest.approx((1.5, 1.5)) and same["verdict"] == "faster"
+    spread = summarize_ratios([0.8, 1.1, 1.4])
+    lo, hi = spread["interval"]
+    assert lo < 1 < hi and spread["verdict"] == "within noise"
+    assert summarize_ratios([1.7])["verdict"] == "one seed: no interval"
+    assert summarize_ratios([None, None])["verdict"] == "not measurable"
+
+
+def test_bootstrap_interval_covers_the_mean_of_a_known_sample():
+    rng = np.random.default_rng(0)
+    values = rng.normal(3.0, 1.0, 200)
+    lo, hi = bootstrap_interval(values)
+    half = 1.96 / math.sqrt(200)
+    assert lo == pytest.approx(values.mean() - half, abs=0.03) and hi == pytest.approx(values.mean() + half, abs=0.03)
+    assert bootstrap_interval([1.0]) is None
+
+
+def test_paired_difference_and_its_verdict():
+    better = paired_difference([0.9, 0.8, 0.85], [1.0, 0.9, 0.96], lower=True)
+    assert better["mean"] == pytest.approx(-0.1033, abs=1e-3) and better["verdict"] == "better"
+    noisy = paired_difference([0.9, 1.1, 1.0], [1.0, 1.0, 1.0], lower=True)
+    assert noisy["verdict"] == "within noise"
+    assert paired_difference([0.9], [1.0], lower=True)["verdict"] == "one seed: no interval"
+    assert verdict((0.7, 0.9), 3, reference=1.0) == "slower"
+
+
+def test_final_values_within_the_metrics_own_noise():
+    assert final_within_noise({"mean": -0.04, "interval": None}, eval_sd=0.7)  # one seed, below 2 sd
+    assert not final_within_noise({"mean": -2.0, "interval": None}, eval_sd=0.7)
+    assert final_within_noise({"mean": -0.01, "interval": (-0.05, 0.03)}, eval_sd=None)
+    assert not final_within_noise({"mean": -0.1, "interval": None}, eval_sd=None)  # NELBO, one seed: no noise figure
