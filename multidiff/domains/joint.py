@@ -61,7 +61,7 @@ class JointDomain(Domain):
         "mlp_ratio": 4,
         "dropout": 0.0,
         "patch": {},  # modality → patch side (default: the smallest that gives each modality ≤ 64 tokens)
-        "clean_share": 0.2,  # examples with one modality given clean: trains the conditionals
+        "clean_share": 0.4,  # examples with one modality given clean: trains the conditionals
         "drop_share": 0.1,  # examples with one modality at σ_max: trains the marginals
     }
     data_rules = {"pair_by": choice(("label", "file")), "pairs": text(optional=True), "pair_seed": integer(0)}

@@ -4,7 +4,9 @@ Each modality is cut into patches, embedded by its own linear map with its own p
 modality embeddings, and all tokens go through one shared stack of pre-norm blocks. The noise
 level enters per token: every token's adaptive LayerNorm is driven by the features of *its*
 modality's c_noise = ln σ_m / 4, so one example can carry a nearly clean image beside a very noisy
-spectrogram. Each modality has its own output head back to its patches.
+spectrogram. Before each block the other modalities' mean tokens join that conditioning: a global
+path between modalities, which attention alone learns slowly at CPU sizes (what makes conditional
+generation work in a few thousand steps). Each modality has its own output head back to its patches.
 
 ``net(xs, c_noise) -> Fs``: dicts by modality of [B, C, H, W] (already scaled by that modality's
 c_in) and [B] noise features in, network outputs F_m [B, C, H, W] out.
@@ -56,8 +58,21 @@ class JointTransformer(nn.Module):
             self.kind[key] = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.noise_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout, width) for _ in range(layers))
+        # before each block, every modality's mean token (projected) joins the other modalities'
+        # conditioning: a direct global path between modalities that attention alone learns slowly
+        self.summary = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width)) for _ in range(layers))
+        for s in self.summary:
+            nn.init.zeros_(s[1].weight)
+            nn.init.zeros_(s[1].bias)
         self.out_norm = AdaNorm(width, width)
         self.width = width
+
+    @staticmethod
+    def _cross(h: Tensor, counts: list[int], summary: nn.Module) -> Tensor:
+        """Per token: the sum of the *other* modalities' projected mean tokens ([B, L, W])."""
+        means = [summary(part.mean(1)) for part in h.split(counts, dim=1)]
+        total = torch.stack(means).sum(0)
+        return torch.cat([(total - mean)[:, None].expand(-1, n, -1) for mean, n in zip(means, counts)], 1)
 
     def forward(self, xs: dict[str, Tensor], c_noise: dict[str, Tensor]) -> dict[str, Tensor]:
         tokens, embs, counts = [], [], []
@@ -68,8 +83,8 @@ class JointTransformer(nn.Module):
             embs.append(e[:, None].expand(-1, t.shape[1], -1))  # every token of this modality: its σ
             counts.append(t.shape[1])
         h, emb = torch.cat(tokens, 1), torch.cat(embs, 1)
-        for block in self.blocks:
-            h = block(h, emb)
+        for block, summary in zip(self.blocks, self.summary):
+            h = block(h, emb + self._cross(h, counts, summary))
         h = self.out_norm(h, emb)
         return {key: unpatchify(self.out[key](part), self.patches[key], self.shapes[key])
                 for key, part in zip(self.shapes, h.split(counts, dim=1))}  # fmt: skip
