@@ -346,7 +346,10 @@ def differences(stored: dict[str, Any], new: dict[str, Any], allowed: frozenset[
             return b.get(k) == defaults[k]
         return a.get(k) == b.get(k)
 
-    return sorted(k for k in set(a) | set(b) if k not in allowed and k not in skip and not same(k))
+    def exempt(k: str) -> bool:  # an allowed key covers what it holds (a joint run's σ_data per modality)
+        return k in skip or any(k == x or k.startswith(x + ".") for x in allowed)
+
+    return sorted(k for k in set(a) | set(b) if not exempt(k) and not same(k))
 
 
 def dump(recipe: dict[str, Any]) -> str:

@@ -118,3 +118,16 @@ def test_schedule_variants_and_a_shared_pool_of_runs(tmp_path, capsys):
     assert (b / "report.md").is_file()
     msg = main(compare_args(b, schedules="edm,infonoise:allocation", steps=4) + ["--runs", str(pool)])
     assert msg == 2 and ":KEY=VALUE" in capsys.readouterr().err
+
+
+def test_measured_sigma_data_of_every_modality_does_not_block_reuse():
+    """A joint run records σ_data per modality (a dict); a plan that measures it (None) may reuse the run,
+    while any other nested difference still counts."""
+    from multidiff.recipe import differences
+
+    stored = {"diffusion": {"sigma_data": {"image": 1.0, "audio": 0.99}, "sigma_max": 80.0}}
+    asked = {"diffusion": {"sigma_data": None, "sigma_max": 80.0}}
+    assert differences(stored, asked, frozenset({"diffusion.sigma_data"})) == []
+    assert differences(stored, asked, frozenset()) == ["diffusion.sigma_data.audio", "diffusion.sigma_data.image"]
+    other = {"diffusion": {"sigma_data": None, "sigma_max": 40.0}}
+    assert differences(stored, other, frozenset({"diffusion.sigma_data"})) == ["diffusion.sigma_max"]
