@@ -3,7 +3,8 @@
 ``MULTIDIFF_FAULT=POINT[:STEP]`` (e.g. ``checkpoint:20``, ``eval``, ``step:13``) sends SIGKILL to
 the process when it reaches POINT (at training step STEP, if given). Unset, every call is a dict
 lookup. The points: ``step`` (after an optimizer step), ``checkpoint`` (a checkpoint written to its
-temporary file, not yet renamed), ``eval`` (final samples written, eval.json not yet).
+temporary file, not yet renamed), ``validation`` (a periodic evaluation under way, its metrics not
+yet logged), ``eval`` (final samples written, eval.json not yet).
 """
 from __future__ import annotations
 

@@ -1,12 +1,14 @@
 """`multidiff compare` as a user runs it: several schedules × seeds, a report, reuse of finished
 runs, and one-line refusals of bad input."""
 import json
+import re
 
 import pytest
 from conftest import REPO, tiny_train_args
 from PIL import Image
 
 from multidiff.cli import main
+from multidiff.report.compare_report import evaluation_notes
 from multidiff.schedules.registry import REGISTRY
 
 
@@ -110,8 +112,13 @@ def test_schedule_variants_and_a_shared_pool_of_runs(tmp_path, capsys):
     variant = pool / "infonoise-allocation=density-warmup=2" / "seed0"
     recipe = (variant / "recipe.yaml").read_text()
     assert "allocation: density" in recipe and "warmup: 2" in recipe
-    assert "| infonoise-allocation=density-warmup=2 |" in (a / "report.md").read_text()
+    md = (a / "report.md").read_text()
+    assert "| infonoise-allocation=density-warmup=2 |" in md
     assert not (a / "edm").exists()  # the runs live in the pool, the report where --out says
+    links = re.findall(r"\]\(([^)]+)\)", md)
+    assert any("final.png" in link for link in links)
+    for link in links:  # every link resolves from the report's folder, runs elsewhere included
+        assert not link.startswith("/") and (a / link).exists(), link  # relative: the folders can move together
     capsys.readouterr()
     assert main(compare_args(b, schedules="edm", steps=4) + ["--runs", str(pool)]) == 0
     assert "reusing" in capsys.readouterr().out  # a second report over the same runs trains nothing
@@ -131,3 +138,9 @@ def test_measured_sigma_data_of_every_modality_does_not_block_reuse():
     assert differences(stored, asked, frozenset()) == ["diffusion.sigma_data.audio", "diffusion.sigma_data.image"]
     other = {"diffusion": {"sigma_data": None, "sigma_max": 40.0}}
     assert differences(stored, other, frozenset({"diffusion.sigma_data"})) == ["diffusion.sigma_max"]
+
+
+def test_evaluation_notes_say_which_schedule_each_belongs_to():
+    evals = {"edm": {"notes": ["unit: bits", "labels: 3 3 4"]}, "infonoise": {"notes": ["unit: bits", "labels: 9 9 9"]}}
+    assert evaluation_notes(evals) == ["unit: bits", "edm: labels: 3 3 4", "infonoise: labels: 9 9 9"]
+    assert evaluation_notes({"edm": {}, "crs": {"notes": ["x"]}}) == ["crs: x"]

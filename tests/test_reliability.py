@@ -312,7 +312,7 @@ def test_kill_9_at_any_point_then_resume_matches_the_uninterrupted_run(tmp_path)
     assert main(tiny_train_args(straight, steps=20, extra=extra)) == 0
     expected = _snapshot(straight)
     step = random.Random(20261202).randint(1, 19)
-    for fault in (f"step:{step}", "checkpoint:15", "eval"):
+    for fault in (f"step:{step}", "checkpoint:15", "validation:10", "eval"):
         run = tmp_path / fault.replace(":", "-")
         env = {**os.environ, "MULTIDIFF_FAULT": fault}  # same threads as this process: identical arithmetic
         proc = subprocess.run([sys.executable, "-m", "multidiff", *tiny_train_args(run, steps=20, extra=extra)], env=env,

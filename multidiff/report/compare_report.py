@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 from typing import Any, Optional
 
@@ -255,7 +256,7 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
     evals = {label: read_eval(runs[0]) or {} for label, runs in groups.items()}
-    domain_notes = dict.fromkeys(str(n) for ev in evals.values() for n in ev.get("notes", []))
+    domain_notes = evaluation_notes(evals)
     if domain_notes:
         lines += ["Evaluation notes (first seed):", ""] + [f"- {n}" for n in domain_notes] + [""]
     if dens:
@@ -269,6 +270,14 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
     return md
 
 
+def evaluation_notes(evals: dict[str, dict[str, Any]]) -> list[str]:
+    """The evaluation's notes: once when every schedule's run says the same, else under its schedule."""
+    per = {label: [str(n) for n in ev.get("notes", [])] for label, ev in evals.items()}
+    everywhere = [n for n in dict.fromkeys(n for notes in per.values() for n in notes) if all(n in notes for notes in per.values())]
+    own = [f"{label}: {n}" for label, notes in per.items() for n in dict.fromkeys(notes) if n not in everywhere]
+    return everywhere + own
+
+
 def samples_section(groups: dict[str, list[Path]], evals: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:
     """Links to each schedule's sample files (first seed), and the first samples quoted when eval.json
     has a text preview."""
@@ -277,12 +286,9 @@ def samples_section(groups: dict[str, list[Path]], evals: dict[str, dict[str, An
         ev, d = evals[label], Path(runs[0])
         links = []
         for rel in ev.get("samples", []):
-            target = d / rel
-            try:
-                target = target.relative_to(out_dir)
-            except ValueError:
-                pass
-            links.append(f"[{Path(rel).name}]({target})")
+            target = Path(os.path.relpath(d / rel, out_dir))  # report.md's links resolve from its folder
+            name = Path(rel).relative_to("samples") if Path(rel).parts[:1] == ("samples",) else Path(rel)
+            links.append(f"[{name.as_posix()}]({target.as_posix()})")
         lines += [f"**{label}**: {', '.join(links) or '–'}", ""]
         for i, text in enumerate(ev.get("preview", [])):
             quoted = "\n".join("    " + line for line in str(text).splitlines())

@@ -154,23 +154,42 @@ class StepCheckpoint(Checkpoint):
     """Checkpoints every N steps and at the final step, as checkpoints/stepNNNNNNN.ckpt + last.ckpt.
 
     Each file is written under a temporary name and renamed, so a crash mid-write leaves the
-    previous last.ckpt intact (and never a truncated stepNNNNNNN.ckpt).
+    previous last.ckpt intact (and never a truncated stepNNNNNNN.ckpt). At a step that is also
+    evaluated (every ``validate_every`` steps), the checkpoint is written after the evaluation:
+    written before it, a crash during the evaluation would resume past that step and lose its
+    metrics row for good.
     """
 
-    def __init__(self, dirpath: Path, every: int) -> None:
-        self.dirpath, self.every = Path(dirpath), every
+    def __init__(self, dirpath: Path, every: int, validate_every: int = 0) -> None:
+        self.dirpath, self.every, self.validate_every = Path(dirpath), every, validate_every
+        self._pending: Optional[int] = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every == 0 or step >= trainer.max_steps:
-            path = self.dirpath / f"step{step:07d}.ckpt"
-            partial = self.dirpath / f".{path.name}.partial"  # the run directory is locked: one writer
-            trainer.save_checkpoint(partial, weights_only=False)  # every rank takes part; rank 0 writes
-            if trainer.is_global_zero:
-                faults.point("checkpoint", step)
-                os.replace(partial, path)
-                atomic_write(self.dirpath / "last.ckpt", lambda tmp: shutil.copyfile(path, tmp))
+            if self.validate_every and step % self.validate_every == 0:
+                self._pending = step  # Lightning validates right after this hook
+            else:
+                self._save(trainer, step)
         faults.point("step", step)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if self._pending is not None and not trainer.sanity_checking:
+            self._save(trainer, self._pending)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: Any) -> None:
+        if self._pending is not None:  # the step was not evaluated after all
+            self._save(trainer, self._pending)
+
+    def _save(self, trainer: L.Trainer, step: int) -> None:
+        self._pending = None
+        path = self.dirpath / f"step{step:07d}.ckpt"
+        partial = self.dirpath / f".{path.name}.partial"  # the run directory is locked: one writer
+        trainer.save_checkpoint(partial, weights_only=False)  # every rank takes part; rank 0 writes
+        if trainer.is_global_zero:
+            faults.point("checkpoint", step)
+            os.replace(partial, path)
+            atomic_write(self.dirpath / "last.ckpt", lambda tmp: shutil.copyfile(path, tmp))
 
 
 class QualityCallback(L.Callback):
@@ -192,6 +211,7 @@ class QualityCallback(L.Callback):
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: Any) -> None:
         self.nelbo_s += time.perf_counter() - self._started
         step = trainer.global_step
+        faults.point("validation", step)
         if self.measure is None or not self.every or step % self.every or trainer.sanity_checking:
             return
         if step >= self.max_steps:
