@@ -11,7 +11,9 @@ both (it is measured separately: timing.json of a run).
     python tools/bench_throughput.py --domains binary_image text --blocks 8 --block 20
     python tools/bench_throughput.py --device cuda --flops  # adds model FLOPs utilisation on a GPU
 
-Each domain prints its ms/step both ways (and steps/s, peak memory, MFU with ``--flops``); the
+Each domain prints its ms/step both ways, the range of the per-block ratios (each Lightning block
+against the raw block before it: the ratio's own noise on this machine), steps/s, peak memory and
+MFU with ``--flops``; the
 last line reads ``trainer/raw step-time ratio: R`` (the geometric mean over domains; goal ≤ 1.05).
 """
 from __future__ import annotations
@@ -191,7 +193,10 @@ def bench(domain: str, recipe_path: str, device: torch.device, block: int, block
     light = [t for blk in cb.lightning[1:-1] for t in blk]  # the first block warms up; the last may be partial
     raw_times = [t for blk in cb.raw for t in blk]
     lm, rm = statistics.median(light), statistics.median(raw_times)
+    # each Lightning block against the raw block just before it: their spread is the ratio's own noise
+    pairs = [statistics.median(a) / statistics.median(b) for a, b in zip(cb.lightning[1:-1], cb.raw) if a and b]
     out = {"domain": domain, "recipe": recipe_path, "lightning_ms": 1000 * lm, "raw_ms": 1000 * rm, "ratio": lm / rm,
+           "block_ratios": pairs,
            "steps_per_s": 1 / lm, "batch": setup.cfg.train.batch_size, "params": sum(p.numel() for p in setup.model.parameters())}  # fmt: skip
     if device.type == "cuda":
         out["peak_memory_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
@@ -201,6 +206,10 @@ def bench(domain: str, recipe_path: str, device: torch.device, block: int, block
         peak = next((v for k, v in PEAK_FLOPS.items() if device.type == "cuda" and k in torch.cuda.get_device_name(device)), None)
         out["mfu"] = (f / lm) / peak if peak else None
     return out
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"(blocks {min(ratios):.2f}–{max(ratios):.2f}) " if ratios else ""
 
 
 def main() -> int:
@@ -226,6 +235,7 @@ def main() -> int:
         if r.get("mfu") is not None:
             extra += f" · {r['tflops_per_step']:.3g} TFLOP/step · MFU {100 * r['mfu']:.1f}%"
         print(f"{domain:13s} trainer {r['lightning_ms']:7.2f} ms/step · raw {r['raw_ms']:7.2f} ms/step · ratio {r['ratio']:.3f} "
+              f"{_spread(r['block_ratios'])}"
               f"· {r['steps_per_s']:.1f} steps/s (batch {r['batch']}, {r['params'] / 1e6:.2f} M params){extra}", flush=True)  # fmt: skip
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
