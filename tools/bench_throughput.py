@@ -13,8 +13,7 @@ both (it is measured separately: timing.json of a run).
 
 Each domain prints its ms/step both ways, the range of the per-block ratios (each Lightning block
 against the raw block before it: the ratio's own noise on this machine), steps/s, peak memory and
-MFU with ``--flops``; the
-last line reads ``trainer/raw step-time ratio: R`` (the geometric mean over domains; goal ≤ 1.05).
+MFU with ``--flops``; the last line reads ``trainer/raw step-time ratio: R`` (the geometric mean over domains; goal ≤ 1.05).
 """
 from __future__ import annotations
 

@@ -272,10 +272,10 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
 
 def evaluation_notes(evals: dict[str, dict[str, Any]]) -> list[str]:
     """The evaluation's notes: once when every schedule's run says the same, else under its schedule."""
-    per = {label: [str(n) for n in ev.get("notes", [])] for label, ev in evals.items()}
-    everywhere = [n for n in dict.fromkeys(n for notes in per.values() for n in notes) if all(n in notes for notes in per.values())]
-    own = [f"{label}: {n}" for label, notes in per.items() for n in dict.fromkeys(notes) if n not in everywhere]
-    return everywhere + own
+    per = {label: list(dict.fromkeys(str(n) for n in ev.get("notes", []))) for label, ev in evals.items()}
+    common = set.intersection(*map(set, per.values())) if per else set()
+    shared = [n for n in next(iter(per.values()), []) if n in common]
+    return shared + [f"{label}: {n}" for label, notes in per.items() for n in notes if n not in common]
 
 
 def samples_section(groups: dict[str, list[Path]], evals: dict[str, dict[str, Any]], out_dir: Path) -> list[str]:

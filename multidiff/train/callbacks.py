@@ -154,20 +154,19 @@ class StepCheckpoint(Checkpoint):
     """Checkpoints every N steps and at the final step, as checkpoints/stepNNNNNNN.ckpt + last.ckpt.
 
     Each file is written under a temporary name and renamed, so a crash mid-write leaves the
-    previous last.ckpt intact (and never a truncated stepNNNNNNN.ckpt). At a step that is also
-    evaluated (every ``validate_every`` steps), the checkpoint is written after the evaluation:
-    written before it, a crash during the evaluation would resume past that step and lose its
-    metrics row for good.
+    previous last.ckpt intact (and never a truncated stepNNNNNNN.ckpt). At a step the trainer also
+    validates (its ``val_check_batch``), the checkpoint is written after the validation: written
+    before it, a crash during the validation would resume past that step and lose its metrics row.
     """
 
-    def __init__(self, dirpath: Path, every: int, validate_every: int = 0) -> None:
-        self.dirpath, self.every, self.validate_every = Path(dirpath), every, validate_every
+    def __init__(self, dirpath: Path, every: int) -> None:
+        self.dirpath, self.every = Path(dirpath), every
         self._pending: Optional[int] = None
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
         if step % self.every == 0 or step >= trainer.max_steps:
-            if self.validate_every and step % self.validate_every == 0:
+            if isinstance(trainer.val_check_batch, int) and step % trainer.val_check_batch == 0:
                 self._pending = step  # Lightning validates right after this hook
             else:
                 self._save(trainer, step)

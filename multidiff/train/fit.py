@@ -111,7 +111,7 @@ def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Ca
             quality,  # before EMA: its validation-end hook runs while the EMA weights are still swapped in
             EMA(t.ema_decay),
             ScheduleCallback(run_dir, setup.meta, check_every=t.log_every, loggers=loggers[1:]),
-            StepCheckpoint(ckpt_dir, t.checkpoint_every, validate_every=t.eval_every),
+            StepCheckpoint(ckpt_dir, t.checkpoint_every),
             *(extra_callbacks or []),
         ],
         val_check_interval=t.eval_every,
