@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from .errors import UserError
+from .errors import Terminated, UserError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +33,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         print("multidiff: interrupted", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"multidiff: terminated: {exc}", file=sys.stderr)
+        return 143
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -11,3 +11,12 @@ class UserError(Exception):
 
 class NonFiniteLossError(UserError):
     """Training produced NaN/inf losses; the run stops and keeps what was already written."""
+
+
+class Terminated(Exception):
+    """The process was asked to stop (SIGTERM, e.g. a cluster's time limit) during training.
+
+    Training stops at once; everything already written stays, and ``--resume`` continues from the
+    last checkpoint. The CLI prints one line and exits with status 143 (128 + SIGTERM), so scripts
+    and schedulers see a stopped run, not a finished one.
+    """

@@ -312,11 +312,24 @@ def test_kill_9_at_any_point_then_resume_matches_the_uninterrupted_run(tmp_path)
     assert main(tiny_train_args(straight, steps=20, extra=extra)) == 0
     expected = _snapshot(straight)
     step = random.Random(20261202).randint(1, 19)
-    for fault in (f"step:{step}", "checkpoint:15", "validation:10", "eval"):
+    # SIGTERM (a scheduler's stop) during a step or inside a sample quality evaluation: the run stops
+    # at that step with status 143 and one line, instead of finishing the evaluation and exiting 0
+    terminated = {f"step:{step}:TERM": step, "quality:10:TERM": 10}
+    for fault in (f"step:{step}", "checkpoint:15", "validation:10", "eval", *terminated):
         run = tmp_path / fault.replace(":", "-")
         env = {**os.environ, "MULTIDIFF_FAULT": fault}  # same threads as this process: identical arithmetic
         proc = subprocess.run([sys.executable, "-m", "multidiff", *tiny_train_args(run, steps=20, extra=extra)], env=env,
                               capture_output=True, text=True, cwd=REPO)  # fmt: skip
-        assert proc.returncode == -9, (fault, proc.stderr[-2000:])
+        if fault in terminated:
+            at = terminated[fault]  # checkpoints every 5 steps, an evaluated step's (every 10) after its evaluation
+            kept = at - 5 if at % 10 == 0 else at // 5 * 5
+            assert proc.returncode == 143, (fault, proc.returncode, proc.stderr[-2000:])
+            assert proc.stderr.strip().splitlines()[-1] == (
+                f"multidiff: terminated: SIGTERM at step {at}; resuming (`train --resume`, or the same `compare` again) continues from "
+                + (f"step {kept}" if kept else "the start (no checkpoint yet)")), fault  # fmt: skip
+            rows = _rows(run / "metrics.csv") if (run / "metrics.csv").is_file() else []
+            assert not any(r.get("quality/fd") for r in rows if int(r["step"]) + 1 >= at), fault  # not finished, not logged
+        else:
+            assert proc.returncode == -9, (fault, proc.stderr[-2000:])
         assert main(tiny_train_args(run, steps=20, extra=extra) + ["--resume"]) == 0, fault
         _same(_snapshot(run), expected, fault)

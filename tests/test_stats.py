@@ -32,6 +32,23 @@ def test_speedup_of_a_curve_twice_as_fast():
     assert not slow["reached"] and slow["ratio"] == pytest.approx(0.5, rel=0.05)
 
 
+def test_a_curve_already_there_at_its_first_evaluation_gives_a_lower_bound():
+    steps = [1000, 2000]
+    sp = speedup((steps, [5.0, 4.0]), (steps, [3.5, 3.0]))  # beats the baseline's final 4.0 at step 1 000
+    assert sp["reached"] and sp["ratio"] == pytest.approx(2.0) and sp["at_least"]  # got there at ≤ 1 000 steps
+    later = speedup((steps, [5.0, 4.0]), (steps, [4.5, 3.0]))
+    assert later["ratio"] == pytest.approx(2000 / (1000 + 1000 * 0.5 / 1.5)) and not later["at_least"]
+    out = summarize_ratios([2.0, 1.2], at_least=[True, False])
+    assert out["at_least"] and out["verdict"].endswith("a lower bound (reached by its first evaluation)")
+    assert not summarize_ratios([2.0, 1.2], at_least=[False, False])["at_least"]
+
+
+def test_final_values_only_give_no_speedup():
+    sp = speedup(([3000], [4.0]), ([3000], [3.0]))  # one evaluation each: when it got there is unknown
+    assert sp["reached"] and sp["ratio"] is None and sp["steps"] is None
+    assert summarize_ratios([sp["ratio"]])["verdict"] == "not measurable"
+
+
 def test_ratios_are_averaged_in_log_space_with_a_bootstrap_interval():
     out = summarize_ratios([2.0, 0.5])
     assert out["mean"] == pytest.approx(1.0)  # 2× and ½× cancel

@@ -5,8 +5,8 @@ density alone for reference: the table that says whether learned grids help.
     python tools/grid_table.py RUN_DIR [RUN_DIR ...] [--steps 8 16 32] [--seeds 2]
 
 Each cell is the domain's headline sample metric (Fréchet distance, or the sample n-gram NLL for
-text) over ``eval.quality_samples`` samples, averaged over ``--seeds`` sample seeds (their spread,
-the metric's own noise, is printed beside the table). Prints a markdown table per run.
+text) over ``eval.quality_samples`` samples, averaged over ``--seeds`` sample seeds, ± their
+standard deviation (the metric's own noise at that grid). Prints a markdown table per run.
 """
 from __future__ import annotations
 
@@ -39,14 +39,15 @@ def grid_rows(run_dir: Path, steps: list[int], seeds: int) -> tuple[str, list[st
             sample = dataclasses.replace(base.sample, steps=n, sigmas=kind, grid_mix=base.sample.grid_mix if mix is None else mix)
             setup.cfg = dataclasses.replace(base, sample=sample)
             values = [tracked_values(setup, quality(setup, model, device, seed=base.sample.seed + s).metrics)[key] for s in range(seeds)]
-            if len(values) > 1:
-                spreads.append(statistics.stdev(values))
-            cells.append(f"{statistics.mean(values):.4g}")
+            spread = statistics.stdev(values) if len(values) > 1 else None
+            if spread is not None:
+                spreads.append(spread)
+            cells.append(f"{statistics.mean(values):.4g}" + (f" ± {spread:.2g}" if spread is not None else ""))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     setup.cfg = base
     label = setup.domain.headline_metrics.get(key, key)
     note = f"{label} ({base.eval.quality_samples} samples, {base.sample.sampler}; mean of {seeds} sample seeds"
-    note += f", their sd ≈ {statistics.mean(spreads):.2g})" if spreads else ")"
+    note += f" ± their sd; median sd {statistics.median(spreads):.2g})" if spreads else ")"
     return f"`{run_dir}` (step {step}): {note}", lines
 
 

@@ -117,7 +117,8 @@ def summarize(groups: dict[str, list[Path]], baseline: str) -> dict[str, Any]:
                 m["steps_to_baseline"] = [p["steps"] for p in per_seed]
                 m["reached"] = [p["reached"] for p in per_seed]
                 m["speedup_per_seed"] = [p["ratio"] for p in per_seed]
-                m["speedup"] = summarize_ratios(m["speedup_per_seed"])
+                m["speedup_at_least"] = [p["at_least"] for p in per_seed]
+                m["speedup"] = summarize_ratios(m["speedup_per_seed"], at_least=m["speedup_at_least"])
                 if final_within_noise(m["difference"], m["eval_noise_sd"]):
                     m["speedup"]["verdict"] += "; final values within noise"
             elif label != baseline:
@@ -229,14 +230,14 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
                 continue
             reached = m["reached"]
             steps = [st for st in m["steps_to_baseline"] if st is not None]
-            if not reached:
+            if not reached or not steps and all(reached):
                 reach = "–"
             elif all(reached):
                 reach = _fmt(float(np.mean(steps)), 4)
             else:
                 reach = f"not reached ({reached.count(False)}/{len(reached)} seeds)" + (f"; others {_fmt(float(np.mean(steps)), 4)}" if steps else "")
             sp = m["speedup"]
-            sp_txt = f"{sp['mean']:.2f}× {_fmt_interval(sp['interval'])}".strip() if sp["mean"] is not None else "–"
+            sp_txt = f"{'≥ ' if sp.get('at_least') else ''}{sp['mean']:.2f}× {_fmt_interval(sp['interval'])}".strip() if sp["mean"] is not None else "–"
             lines.append(f"| {label} | {spec['label']} | {d_txt} | {reach} | {sp_txt} | {sp['verdict']} |")
 
     for key, spec in specs.items():

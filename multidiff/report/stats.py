@@ -41,16 +41,21 @@ def steps_to_reach(steps: Sequence[int], values: Sequence[float], target: float,
 
 
 def speedup(baseline: Curve, other: Curve, lower: bool = True) -> dict[str, Any]:
-    """How much sooner ``other`` reaches the baseline's final value: {reached, steps, ratio, target}."""
+    """How much sooner ``other`` reaches the baseline's final value: {reached, steps, ratio, target,
+    at_least}. ``at_least``: the curve was already there at its first evaluation, so when it got
+    there is unknown and the ratio is a lower bound. A curve of one evaluation gives no ratio."""
     if not len(baseline[0]) or not len(other[0]):
-        return {"reached": False, "steps": None, "ratio": None, "target": None}
+        return {"reached": False, "steps": None, "ratio": None, "target": None, "at_least": False}
     target, base_steps = float(baseline[1][-1]), float(baseline[0][-1])
     reach = steps_to_reach(other[0], other[1], target, lower)
+    if len(baseline[0]) < 2 or len(other[0]) < 2:  # final values only: no steps to compare
+        return {"reached": reach is not None, "steps": None, "ratio": None, "target": target, "at_least": False}
     if reach is not None:
-        return {"reached": True, "steps": reach, "ratio": base_steps / max(reach, 1.0), "target": target}
+        return {"reached": True, "steps": reach, "ratio": base_steps / max(reach, 1.0), "target": target,
+                "at_least": reach <= float(other[0][0])}  # fmt: skip
     back = steps_to_reach(baseline[0], baseline[1], float(other[1][-1]), lower)  # the baseline gets there first
     ratio = back / float(other[0][-1]) if back else None
-    return {"reached": False, "steps": None, "ratio": ratio, "target": target}
+    return {"reached": False, "steps": None, "ratio": ratio, "target": target, "at_least": False}
 
 
 def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> Optional[tuple[float, float]]:
@@ -65,16 +70,19 @@ def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: 
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
-def summarize_ratios(ratios: Sequence[Optional[float]], level: float = 0.95) -> dict[str, Any]:
-    """Per-seed speedups → geometric mean, bootstrap interval (log space) and a verdict."""
+def summarize_ratios(ratios: Sequence[Optional[float]], level: float = 0.95, at_least: Sequence[bool] = ()) -> dict[str, Any]:
+    """Per-seed speedups → geometric mean, bootstrap interval (log space) and a verdict. ``at_least``
+    marks per-seed ratios that are lower bounds; if any is, so are the mean and the interval."""
     valid = [r for r in ratios if r is not None and r > 0 and math.isfinite(r)]
     if not valid:
-        return {"mean": None, "interval": None, "verdict": "not measurable", "seeds": len(ratios)}
+        return {"mean": None, "interval": None, "verdict": "not measurable", "seeds": len(ratios), "at_least": False}
     logs = np.log(valid)
     mean = float(np.exp(logs.mean()))
     ci = bootstrap_interval(logs, level)
     interval = (float(np.exp(ci[0])), float(np.exp(ci[1]))) if ci else None
-    return {"mean": mean, "interval": interval, "verdict": verdict(interval, len(valid), reference=1.0), "seeds": len(valid)}
+    bound = any(at_least)
+    words = verdict(interval, len(valid), reference=1.0) + ("; a lower bound (reached by its first evaluation)" if bound else "")
+    return {"mean": mean, "interval": interval, "verdict": words, "seeds": len(valid), "at_least": bound}
 
 
 def verdict(interval: Optional[tuple[float, float]], n: int, reference: float, higher_is_better: bool = True) -> str:

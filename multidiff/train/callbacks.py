@@ -10,14 +10,18 @@ from __future__ import annotations
 import csv
 import os
 import shutil
+import signal
 import statistics
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint, WeightAveraging
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .. import faults
 from ..files import atomic_write
@@ -217,11 +221,40 @@ class QualityCallback(L.Callback):
             return  # the final evaluation measures the same weights with the same samples
         if not trainer.is_global_zero:
             return  # the other processes wait at their next collective
+        if trainer.received_sigterm:
+            raise SIGTERMException  # asked to stop before this evaluation began: do not start it
         start = time.perf_counter()
-        values = self.measure(pl_module.model)
+        with _stop_at_once_on_sigterm():
+            faults.point("quality", step)
+            values = self.measure(pl_module.model)
         self.quality_s += time.perf_counter() - start
         for key, value in values.items():
             pl_module.log(f"quality/{key}", float(value), on_step=False, on_epoch=True, rank_zero_only=True)
+
+
+@contextmanager
+def _stop_at_once_on_sigterm() -> Iterator[None]:
+    """Lightning only notes a SIGTERM and stops after the next training step, but a sample quality
+    evaluation can take minutes, longer than a scheduler's grace period. Inside one, a SIGTERM
+    stops the run at once: nothing of the evaluation has been logged yet and its step's checkpoint
+    is written after it, so ``--resume`` repeats it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def stop(signum: int, frame: Any) -> None:
+        if previous == signal.SIG_IGN:
+            return
+        if callable(previous):
+            previous(signum, frame)  # Lightning's own handler: notes the signal, stops launched processes
+        raise SIGTERMException
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _append_csv(path: Path, row: dict[str, Any]) -> None:

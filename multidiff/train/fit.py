@@ -15,6 +15,8 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..errors import Terminated
+
 for _pattern in (
     ".*does not have many workers.*",
     ".*Experiment logs directory.*exists and is not empty.*",
@@ -87,6 +89,7 @@ def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Ca
     training and of the evaluations inside it (and the peak device memory on a GPU) on the primary
     process, None on the others."""
     import lightning as L
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
 
     from .callbacks import EMA, QualityCallback, ScheduleCallback, StepCheckpoint
     from .data import DomainDataModule
@@ -129,7 +132,12 @@ def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Ca
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats(trainer.strategy.root_device)
     started = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    try:
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    except SIGTERMException:  # a SystemExit without a code: left alone, a stopped run would exit 0
+        last = ckpt_dir / "last.ckpt"
+        where = f"step {_checkpoint_step(last)}" if last.is_file() else "the start (no checkpoint yet)"
+        raise Terminated(f"SIGTERM at step {trainer.global_step}; resuming (`train --resume`, or the same `compare` again) continues from {where}") from None
     if not trainer.is_global_zero:
         return None
     out = {"fit_s": time.perf_counter() - started, "nelbo_eval_s": quality.nelbo_s, "quality_eval_s": quality.quality_s,
