@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any, Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from multidiff.report.stats import bound_mark  # noqa: E402
+
 OUT = Path("runs/readme")
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -61,7 +65,7 @@ def _speedup(m: dict[str, Any]) -> str:
         return "–"
     ci = sp.get("interval")
     ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
-    return f"{'≥ ' if sp.get('at_least') else ''}{sp['mean']:.2f}×{ci_txt} ({sp['verdict']})"
+    return f"{bound_mark(sp)}{sp['mean']:.2f}×{ci_txt} ({sp['verdict']})"
 
 
 def table(name: str) -> str:

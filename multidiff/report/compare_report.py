@@ -33,7 +33,7 @@ from ..schedules.base import ScheduleTable  # noqa: E402
 from ..schedules.io import load_schedule_file  # noqa: E402
 from .curves import NELBO, metric_curves  # noqa: E402
 from .plots import density_peak, plot_density_axes, plot_learned_profile_axes  # noqa: E402
-from .stats import mean_sd, paired_difference, speedup, summarize_ratios  # noqa: E402
+from .stats import bound_mark, mean_sd, paired_difference, speedup, summarize_ratios  # noqa: E402
 
 
 def refresh_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -230,14 +230,14 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
                 continue
             reached = m["reached"]
             steps = [st for st in m["steps_to_baseline"] if st is not None]
-            if not reached or not steps and all(reached):
+            if not steps and (not reached or all(reached)):  # no seed has a step count to show
                 reach = "–"
             elif all(reached):
                 reach = _fmt(float(np.mean(steps)), 4)
             else:
                 reach = f"not reached ({reached.count(False)}/{len(reached)} seeds)" + (f"; others {_fmt(float(np.mean(steps)), 4)}" if steps else "")
             sp = m["speedup"]
-            sp_txt = f"{'≥ ' if sp.get('at_least') else ''}{sp['mean']:.2f}× {_fmt_interval(sp['interval'])}".strip() if sp["mean"] is not None else "–"
+            sp_txt = f"{bound_mark(sp)}{sp['mean']:.2f}× {_fmt_interval(sp['interval'])}".strip() if sp["mean"] is not None else "–"
             lines.append(f"| {label} | {spec['label']} | {d_txt} | {reach} | {sp_txt} | {sp['verdict']} |")
 
     for key, spec in specs.items():

@@ -58,6 +58,11 @@ def speedup(baseline: Curve, other: Curve, lower: bool = True) -> dict[str, Any]
     return {"reached": False, "steps": None, "ratio": ratio, "target": target, "at_least": False}
 
 
+def bound_mark(summary: dict[str, Any]) -> str:
+    """"≥ " before a summarized speedup that is a lower bound (see :func:`speedup`), else ""."""
+    return "≥ " if summary.get("at_least") else ""
+
+
 def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> Optional[tuple[float, float]]:
     """Percentile bootstrap interval of the mean of ``values`` (resampling them with replacement);
     None with fewer than two values."""
