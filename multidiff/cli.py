@@ -109,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     sg = ssub.add_parser("sigmas", help="print a sampling σ list (for k-diffusion / diffusers) from a schedule file")
     sg.add_argument("file")
     sg.add_argument("--steps", type=int, default=32)
-    sg.add_argument("--mix", type=float, default=0.5, help="share of EDM's rho-spacing mixed into the learned density (0: the learned density alone)")
+    sg.add_argument("--mix", type=float, help="share of EDM's rho-spacing mixed into the learned density (0: the learned density alone; default: the recipes' sample.grid_mix)")
     sg.add_argument("--rho", type=float, default=7.0)
     sg.add_argument("--format", default="k-diffusion", choices=SIGMA_FORMATS,
                     help="k-diffusion: the K+1 σ's (default); diffusers-euler: σ's for EulerDiscreteScheduler.set_timesteps(sigmas=...); "
@@ -240,13 +240,14 @@ SIGMA_FORMATS = ("k-diffusion", "diffusers-euler", "diffusers-heun", "diffusers-
 
 def cmd_schedule_sigmas(args: argparse.Namespace) -> int:
     from . import interop
-    from .diffusion.sampling import from_schedule
+    from .diffusion.sampling import GRID_MIX, from_schedule
 
     if args.steps <= 0:
         raise UserError("--steps must be positive")
-    if not 0 <= args.mix <= 1 or not args.rho > 0:
-        raise UserError(f"--mix must be in [0, 1] and --rho positive, got {args.mix}, {args.rho}")
-    sigmas = from_schedule(args.file, args.steps, args.mix, args.rho)
+    mix = GRID_MIX if args.mix is None else args.mix
+    if not 0 <= mix <= 1 or not args.rho > 0:
+        raise UserError(f"--mix must be in [0, 1] and --rho positive, got {mix}, {args.rho}")
+    sigmas = from_schedule(args.file, args.steps, mix, args.rho)
     if args.format == "k-diffusion":
         print(json.dumps([float(f"{s:.6g}") for s in sigmas.tolist()]))
         return 0

@@ -95,7 +95,7 @@ class SampleConfig:
     sampler: str = "heun"  # heun | euler
     sigmas: str = "karras"  # karras | loguniform | learned | PATH.json
     rho: float = 7.0
-    grid_mix: float = 0.5  # learned grids: share of EDM's ρ-spacing mixed into the learned density (0: the learned density alone)
+    grid_mix: float = 0.75  # learned grids: share of EDM's ρ-spacing mixed into the learned density (0: the learned density alone)
     churn: float = 0.0
     seed: int = 0
     batch: int = 256

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..recipe import SampleConfig
+
 Denoiser = Callable[[Tensor, Tensor], Tensor]
 
 
@@ -48,8 +50,8 @@ def karras_density(u: np.ndarray, rho: float = 7.0) -> np.ndarray:
     return dens / np.trapezoid(dens, u)
 
 
-#: share of EDM's ρ-spacing in learned grids (see :func:`from_schedule`)
-GRID_MIX = 0.5
+#: share of EDM's ρ-spacing in learned grids (see :func:`from_schedule`; the recipes' ``sample.grid_mix``)
+GRID_MIX = SampleConfig.grid_mix
 
 
 def from_schedule(schedule: Any, n: int, mix: float = GRID_MIX, rho: float = 7.0) -> Tensor:
@@ -58,10 +60,14 @@ def from_schedule(schedule: Any, n: int, mix: float = GRID_MIX, rho: float = 7.0
     The σ's sit at equal quantiles of a mixture: (1 − mix) × the learned density (with an InfoNoise
     profile the InfoGrid's cumulative information, the gated rate r·g; otherwise the training
     density, e.g. a CRS CDF) + mix × the density of EDM's ρ-grid. The learned part puts steps where
-    the data are decided; the ρ part keeps the steps an ODE solver needs at high noise, where the
-    learned density is nearly zero: quantiles of the learned density alone jump from σ_max to a few
-    σ_data in one step, which Heun cannot integrate (on Gaussian data of std 0.7 with the exact
-    denoiser, 16 such steps end at std 1.05; with mix 0.5, at 0.715, against 0.745 for EDM's grid).
+    the data are decided; the ρ part keeps the steps an ODE solver needs at high noise and near the
+    data's coarsest scale, where the learned density can be nearly zero. Quantiles of the learned
+    density alone jump from σ_max to a few σ_data in one step (on Gaussian data of std 0.7 with the
+    exact denoiser, 16 Heun steps end at std 1.05, against 0.745 on EDM's grid). On continuous data
+    the information rate sits at low noise: with an equal mix, a Gaussian whose stds span 1 to 0.005
+    ends 3× further from its coarsest std than on EDM's grid, and at 8 steps latents' Fréchet
+    distance triples. The default 0.75 keeps that error within 2× of EDM's grid while beating it on
+    the typical scale (and ends the std-0.7 Gaussian at 0.718 in 16 steps).
     """
     from ..schedules.base import Schedule, ScheduleTable
     from ..schedules.io import load_schedule_file

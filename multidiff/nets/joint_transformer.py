@@ -4,9 +4,13 @@ Each modality is cut into patches, embedded by its own linear map with its own p
 modality embeddings, and all tokens go through one shared stack of pre-norm blocks. The noise
 level enters per token: every token's adaptive LayerNorm is driven by the features of *its*
 modality's c_noise = ln σ_m / 4, so one example can carry a nearly clean image beside a very noisy
-spectrogram. Before each block the other modalities' mean tokens join that conditioning: a global
-path between modalities, which attention alone learns slowly at CPU sizes (what makes conditional
-generation work in a few thousand steps). Each modality has its own output head back to its patches.
+spectrogram. Before each block a summary of each of the other modalities joins that conditioning: a
+global path between modalities, which attention alone learns slowly at CPU sizes (what makes
+conditional generation work in a few thousand steps). A summary weighs every token position with
+its own learned weights (per channel), so it keeps *where* things are: a plain mean of an image's
+patch tokens is little more than its amount of ink, which says almost nothing of the digit, while
+a spectrogram's mean frame still names its word, so a mean lets speech steer images but not the
+reverse. Each modality has its own output head back to its patches.
 
 ``net(xs, c_noise) -> Fs``: dicts by modality of [B, C, H, W] (already scaled by that modality's
 c_in) and [B] noise features in, network outputs F_m [B, C, H, W] out.
@@ -58,8 +62,13 @@ class JointTransformer(nn.Module):
             self.kind[key] = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.noise_mlp = nn.Sequential(nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout, width) for _ in range(layers))
-        # before each block, every modality's mean token (projected) joins the other modalities'
-        # conditioning: a direct global path between modalities that attention alone learns slowly
+        # before each block, every modality's summary (a position-weighted sum of its tokens, projected)
+        # joins the other modalities' conditioning: a direct global path that attention alone learns slowly
+        counts = {key: (h // self.patches[key]) * (w // self.patches[key]) for key, (_, h, w) in self.shapes.items()}
+        self.pool = nn.ModuleList(
+            nn.ParameterDict({key: nn.Parameter(torch.full((n, width), 1.0 / n)) for key, n in counts.items()})  # starts as the mean
+            for _ in range(layers)
+        )
         self.summary = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width)) for _ in range(layers))
         for s in self.summary:
             nn.init.zeros_(s[1].weight)
@@ -67,12 +76,11 @@ class JointTransformer(nn.Module):
         self.out_norm = AdaNorm(width, width)
         self.width = width
 
-    @staticmethod
-    def _cross(h: Tensor, counts: list[int], summary: nn.Module) -> Tensor:
-        """Per token: the sum of the *other* modalities' projected mean tokens ([B, L, W])."""
-        means = [summary(part.mean(1)) for part in h.split(counts, dim=1)]
-        total = torch.stack(means).sum(0)
-        return torch.cat([(total - mean)[:, None].expand(-1, n, -1) for mean, n in zip(means, counts)], 1)
+    def _cross(self, h: Tensor, counts: list[int], pool: nn.ParameterDict, summary: nn.Module) -> Tensor:
+        """Per token: the sum of the *other* modalities' projected summaries ([B, L, W])."""
+        sums = [summary((part * pool[key].to(part.dtype)).sum(1)) for key, part in zip(self.shapes, h.split(counts, dim=1))]
+        total = torch.stack(sums).sum(0)
+        return torch.cat([(total - own)[:, None].expand(-1, n, -1) for own, n in zip(sums, counts)], 1)
 
     def forward(self, xs: dict[str, Tensor], c_noise: dict[str, Tensor]) -> dict[str, Tensor]:
         tokens, embs, counts = [], [], []
@@ -83,8 +91,8 @@ class JointTransformer(nn.Module):
             embs.append(e[:, None].expand(-1, t.shape[1], -1))  # every token of this modality: its σ
             counts.append(t.shape[1])
         h, emb = torch.cat(tokens, 1), torch.cat(embs, 1)
-        for block, summary in zip(self.blocks, self.summary):
-            h = block(h, emb + self._cross(h, counts, summary))
+        for block, pool, summary in zip(self.blocks, self.pool, self.summary):
+            h = block(h, emb + self._cross(h, counts, pool, summary))
         h = self.out_norm(h, emb)
         return {key: unpatchify(self.out[key](part), self.patches[key], self.shapes[key])
                 for key, part in zip(self.shapes, h.split(counts, dim=1))}  # fmt: skip
