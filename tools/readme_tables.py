@@ -35,7 +35,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "fashion": {"recipe": "recipes/binary_fashion_cpu.yaml", "schedules": "edm,infonoise,laplace", "seeds": 3},
     "fashion-allocation": {"recipe": "recipes/binary_fashion_cpu.yaml", "schedules": "edm,infonoise,infonoise:allocation=density", "seeds": 1},
     "text": {"recipe": "recipes/text_kjv.yaml", "schedules": "edm,infonoise", "seeds": 3},
-    "text-allocation": {"recipe": "recipes/text_kjv.yaml", "schedules": "edm,infonoise,infonoise:allocation=density", "seeds": 1},
     "audio": {"recipe": "recipes/audio_digits.yaml", "schedules": "edm,infonoise,infonoise:allocation=density", "seeds": 1,
               "set": ["eval.quality_every=1000"]},
     "latent": {"recipe": "recipes/latent_fashion.yaml", "schedules": "edm,infonoise,infonoise:allocation=density", "seeds": 1,
