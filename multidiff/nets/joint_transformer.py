@@ -64,9 +64,9 @@ class JointTransformer(nn.Module):
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, dropout, width) for _ in range(layers))
         # before each block, every modality's summary (a position-weighted sum of its tokens, projected)
         # joins the other modalities' conditioning: a direct global path that attention alone learns slowly
-        counts = {key: (h // self.patches[key]) * (w // self.patches[key]) for key, (_, h, w) in self.shapes.items()}
+        tokens = {key: pos.shape[1] for key, pos in self.pos.items()}
         self.pool = nn.ModuleList(
-            nn.ParameterDict({key: nn.Parameter(torch.full((n, width), 1.0 / n)) for key, n in counts.items()})  # starts as the mean
+            nn.ParameterDict({key: nn.Parameter(torch.full((n, width), 1.0 / n)) for key, n in tokens.items()})  # starts as the mean
             for _ in range(layers)
         )
         self.summary = nn.ModuleList(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width)) for _ in range(layers))
@@ -76,8 +76,9 @@ class JointTransformer(nn.Module):
         self.out_norm = AdaNorm(width, width)
         self.width = width
 
-    def _cross(self, h: Tensor, counts: list[int], pool: nn.ParameterDict, summary: nn.Module) -> Tensor:
+    def _cross(self, h: Tensor, pool: nn.ParameterDict, summary: nn.Module) -> Tensor:
         """Per token: the sum of the *other* modalities' projected summaries ([B, L, W])."""
+        counts = [pool[key].shape[0] for key in self.shapes]  # tokens per modality, in h's order
         sums = [summary((part * pool[key].to(part.dtype)).sum(1)) for key, part in zip(self.shapes, h.split(counts, dim=1))]
         total = torch.stack(sums).sum(0)
         return torch.cat([(total - own)[:, None].expand(-1, n, -1) for own, n in zip(sums, counts)], 1)
@@ -92,7 +93,7 @@ class JointTransformer(nn.Module):
             counts.append(t.shape[1])
         h, emb = torch.cat(tokens, 1), torch.cat(embs, 1)
         for block, pool, summary in zip(self.blocks, self.pool, self.summary):
-            h = block(h, emb + self._cross(h, counts, pool, summary))
+            h = block(h, emb + self._cross(h, pool, summary))
         h = self.out_norm(h, emb)
         return {key: unpatchify(self.out[key](part), self.patches[key], self.shapes[key])
                 for key, part in zip(self.shapes, h.split(counts, dim=1))}  # fmt: skip
