@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--given", action="append", default=[], metavar="MODALITY=heldout|FILE",
                    help="joint runs: hold a modality fixed (held-out examples or a file) and generate the others")
     s.add_argument("--only", metavar="MODALITY", help="joint runs: generate one modality alone (the others at σ_max)")
+    s.add_argument("--guidance", type=float, metavar="W",
+                   help="with --given: classifier-free guidance against the model's marginal (1: none; default: the recipe's sample.guidance)")
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="evaluate a run: NELBO and sample metrics → eval.json")
@@ -163,7 +165,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from .pipeline import sample_run
 
-    for f in sample_run(Path(args.run_dir), args.n, args.steps, args.sigmas, args.sampler, args.seed, args.given, args.only):
+    for f in sample_run(Path(args.run_dir), args.n, args.steps, args.sigmas, args.sampler, args.seed, args.given, args.only,
+                         args.guidance):
         print(f)
     return 0
 

@@ -132,6 +132,8 @@ def resolve_full(recipe: dict[str, Any]) -> tuple[dict[str, Any], Domain]:
     if not d["sigma_min"] <= lo < d["sigma_max"]:
         raise UserError(f"eval.nelbo_sigma_min must lie in [diffusion.sigma_min, diffusion.sigma_max), got {lo}")
     resolved["eval"] = {**ev, "nelbo_sigma_min": float(lo)}
+    if recipe["sample"]["guidance"] != 1 and not domain.conditional_sampling:
+        raise UserError(f"sample.guidance applies to conditional samples of a joint model; domain '{domain.name}' generates whole examples (leave it at 1)")
     train = recipe["train"]
     if train["precision"] == "auto":
         resolved["train"] = {**train, "precision": default_precision(str(train["accelerator"]))}
@@ -241,7 +243,7 @@ def quality(setup: Setup, model: Any, device: torch.device, seed: Optional[int] 
     was_training = model.training
     model.eval()
     try:
-        result.metrics.update(setup.domain.model_metrics(model, sample, setup.data, n))
+        result.metrics.update(setup.domain.model_metrics(model, sample, setup.data, n, guidance=s.guidance))
     finally:
         model.train(was_training)
     return result
@@ -337,7 +339,7 @@ def evaluate_run(setup: Setup, run_dir: Path) -> dict[str, Any]:
         "metric_labels": dict(setup.domain.headline_metrics),
         "quality_noise": noise,
         "quality_samples": cfg.eval.quality_samples,
-        "sampler": {k: getattr(cfg.sample, k) for k in ("sampler", "steps", "sigmas", "rho", "grid_mix", "churn", "seed")},
+        "sampler": {k: getattr(cfg.sample, k) for k in ("sampler", "steps", "sigmas", "rho", "grid_mix", "churn", "seed", "guidance")},
         "samples": [str(p.relative_to(run_dir)) for p in files],
         "created_by": f"multidiff {__version__}",
     }
@@ -382,13 +384,17 @@ def _record_timing(run_dir: Path, **values: float) -> None:
 
 
 def sample_run(run_dir: Path, n: Optional[int], steps: Optional[int], sigmas: Optional[str], sampler: Optional[str],
-               seed: Optional[int], given: Optional[list[str]] = None, only: Optional[str] = None) -> list[Path]:  # fmt: skip
+               seed: Optional[int], given: Optional[list[str]] = None, only: Optional[str] = None,
+               guidance: Optional[float] = None) -> list[Path]:  # fmt: skip
     """Samples of a run's EMA weights, written to samples/ (the name records grid, sampler, steps, seed).
     ``given`` (["MOD=heldout|FILE", ...]) and ``only`` (a modality) sample a joint model conditionally
-    or marginally."""
+    or marginally; ``guidance`` (default: the recipe's ``sample.guidance``) scales conditional samples'
+    classifier-free guidance."""
     for flag, value in (("--n", n), ("--steps", steps)):
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
+    if guidance is not None and (guidance < 0 or not given):
+        raise UserError(f"--guidance {guidance:g}: " + ("must be >= 0" if guidance < 0 else "guides conditional samples; add --given MODALITY=heldout|FILE"))
     setup, _ = load_run(run_dir)
     s = setup.cfg.sample
     n, steps = n or s.n, steps or s.steps
@@ -404,8 +410,9 @@ def sample_run(run_dir: Path, n: Optional[int], steps: Optional[int], sigmas: Op
                 raise UserError(f"--given {item!r}: expected MODALITY=heldout or MODALITY=FILE")
             key, src = item.split("=", 1)
             pairs[key.strip()] = src.strip()
-        condition = setup.domain.condition(model, pairs, only, n, setup.data)
-        how = f"-only-{only}" if only else "-given-" + "-".join(pairs)
+        w = s.guidance if guidance is None else guidance
+        condition = setup.domain.condition(model, pairs, only, n, setup.data, guidance=w)
+        how = f"-only-{only}" if only else "-given-" + "-".join(pairs) + (f"-guidance{w:g}" if w != 1 else "")
     decoded = _decoded_samples(setup, model, n, device, sigmas=kind, steps=steps, sampler=sampler, seed=seed, condition=condition)
     tag = f"{Path(kind).stem if kind.endswith('.json') else kind}-{sampler}{steps}-seed{seed}{how}"
     return setup.domain.write_samples(decoded, Path(run_dir) / "samples", tag)

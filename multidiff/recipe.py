@@ -99,6 +99,7 @@ class SampleConfig:
     churn: float = 0.0
     seed: int = 0
     batch: int = 256
+    guidance: float = 1.0  # conditional samples of a joint model: classifier-free guidance against its marginal (1: none)
 
 
 @dataclass(frozen=True)
@@ -154,6 +155,7 @@ _CHECKS: dict[tuple[str, str], tuple[Any, str]] = {
     ("eval", "nelbo_sigma_min"): (lambda v: v is None or v > 0, "> 0 or null"),
     ("sample", "sampler"): (lambda v: v in ("heun", "euler"), "heun or euler"),
     ("sample", "churn"): (lambda v: v >= 0, ">= 0"),
+    ("sample", "guidance"): (lambda v: v >= 0, ">= 0"),
     ("sample", "grid_mix"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("sample", "sigmas"): (lambda v: v in ("karras", "loguniform", "learned") or v.endswith(".json"),
                            "karras, loguniform, learned or a schedule file (.json)"),

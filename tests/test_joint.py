@@ -95,7 +95,8 @@ def test_each_member_schedule_sees_only_its_own_modality_and_masked_entries_are_
 def test_a_joint_run_learns_one_schedule_per_modality_and_writes_each_modalitys_outputs(joint_run):
     ev = json.loads((joint_run / "eval.json").read_text())
     assert ev["domain"] == "joint" and ev["step"] == 10
-    for key in ("fd_image", "fd_audio", "agreement", "cond_image_to_audio", "cond_audio_to_image", "nelbo_image_given_rest", "nelbo_audio_given_rest"):
+    for key in ("fd_image", "fd_audio", "agreement", "cond_image_to_audio", "cond_audio_to_image", "fd_audio_given_image",
+                "fd_image_given_audio", "nelbo_image_given_rest", "nelbo_audio_given_rest"):
         assert math.isfinite(ev[key]), key
     assert 0 <= ev["agreement"] <= 1 and set(ev["quality"]) == {"fd_image", "fd_audio", "agreement", "cond_image_to_audio", "cond_audio_to_image"}
     image = load_schedule_file(joint_run / "schedule.image.json")
@@ -149,14 +150,127 @@ def test_conditional_sampling_keeps_the_given_modality_fixed(joint_run):
     assert not torch.equal(model.split(free)["image"], given)
 
 
+class _ExactGaussianPair(torch.nn.Module):
+    """The exact denoiser of two modalities a, b in R^d, each coordinate pair (a_i, b_i) standard
+    normal with correlation ρ, behind EDM preconditioning (σ_data 1): given noisy y and each
+    modality's σ it returns the F whose preconditioned output is E[x | y] = Σ(Σ + diag(σ²))⁻¹ y."""
+
+    def __init__(self, rho: float) -> None:
+        super().__init__()
+        self.rho = rho
+        self.anchor = torch.nn.Parameter(torch.zeros(()))  # only so the model has a device
+
+    def forward(self, xs, cn):
+        from multidiff.diffusion.precond import edm_coefficients
+
+        sig = {k: (4 * cn[k].double()).exp()[:, None] for k in xs}
+        c = {k: edm_coefficients(sig[k], 1.0) for k in xs}
+        y = {k: xs[k].double() / c[k][2] for k in xs}
+        va, vb = 1 + sig["a"] ** 2, 1 + sig["b"] ** 2
+        det = va * vb - self.rho**2
+        # Σ (Σ + S)⁻¹ with Σ = [[1, ρ], [ρ, 1]], S = diag(σa², σb²)
+        da = ((vb - self.rho**2) * y["a"] + self.rho * (va - 1) * y["b"]) / det
+        db = (self.rho * (vb - 1) * y["a"] + (va - self.rho**2) * y["b"]) / det
+        den = {"a": da, "b": db}
+        return {k: ((den[k] - c[k][0] * y[k]) / c[k][1]).float() for k in xs}
+
+
+def _gaussian_pair_model(rho: float, d: int):
+    from multidiff.diffusion.joint import JointDiffusion
+
+    return JointDiffusion(_ExactGaussianPair(rho), {"a": (d,), "b": (d,)}, {"a": 1.0, "b": 1.0}, {"a": "gaussian", "b": "gaussian"},
+                          {"a": 0.002, "b": 0.002}, {"a": lambda x: x, "b": lambda x: x}, {"a": torch.zeros(1, d), "b": torch.zeros(1, d)},
+                          weighting="edm", sigma_min=0.002, sigma_max=80.0, clean_share=0.4, drop_share=0.1)  # fmt: skip
+
+
+def test_guided_conditional_sampling_moves_from_the_marginal_through_the_conditional():
+    """On two correlated Gaussians with their exact denoiser: guidance w mixes the conditional and
+    marginal x0 estimates as D_marg + w (D_cond − D_marg) (both known in closed form), w = 1 samples
+    b | a ~ N(ρa, 1 − ρ²), w = 0 the marginal N(0, 1) whatever a is, and w > 1 follows a further."""
+    from multidiff.diffusion.sampling import sigma_grid
+    from multidiff.domains.joint import JointCondition
+    from multidiff.evaluation import generate
+
+    rho, d, n = 0.8, 4, 2000
+    model = _gaussian_pair_model(rho, d)
+    a = torch.randn(n, d, generator=torch.Generator().manual_seed(1))
+
+    # the denoiser the sampler sees, against the closed forms
+    x0, den = JointCondition(model, {"a": a[:8]}, guidance=3.0).apply(torch.randn(8, 2 * d) * 80.0, model.denoise, 0, 8)
+    for s in (40.0, 2.0, 0.1):
+        z = model.join({"a": a[:8], "b": torch.randn(8, d)})
+        out = model.split(den(z, torch.tensor(s)))
+        yb = model.split(z)["b"]
+        cond = rho * a[:8] + (1 - rho**2) / (1 - rho**2 + s**2) * (yb - rho * a[:8])  # E[b | a, y_b]
+        marg = yb / (1 + s**2)  # E[b | y_b]; the marginal call's a is noise at σ 80, which tells ≈ ρ·y_a/6401 (≤ 0.03)
+        assert torch.allclose(out["b"], marg + 3.0 * (cond - marg), atol=0.1 if s > 1 else 2e-3), s
+        assert (cond - marg).abs().max() > (1.0 if s > 1 else 0.05)  # the two estimates differ by more than that
+        assert torch.equal(out["a"], a[:8])
+
+    grid = sigma_grid("karras", 32, 0.002, 80.0, 7.0)
+
+    def slope_and_spread(w: float) -> tuple[float, float]:
+        x = generate(model, (2 * d,), n, grid, seed=0, condition=JointCondition(model, {"a": a}, guidance=w))
+        b, aa = model.split(x)["b"].double(), model.split(x)["a"].double()
+        assert torch.equal(aa, a.double())
+        k = float((aa * b).mean() / (aa * aa).mean())
+        return k, float((b - k * aa).var())
+
+    (k0, v0), (k1, v1), (k2, _) = (slope_and_spread(w) for w in (0.0, 1.0, 2.0))
+    se = 3 / math.sqrt(n * d)  # a few standard errors of a regression slope on unit-variance data
+    assert abs(k0) < se and abs(v0 - 1) < 0.1  # the marginal: b ignores a
+    assert abs(k1 - rho) < se and abs(v1 - (1 - rho**2)) < 0.05  # the conditional
+    assert k2 > rho + 5 * se  # guidance past the conditional
+
+
+def test_guidance_is_refused_where_it_cannot_apply(joint_run, tmp_path, capsys):
+    assert main(["sample", str(joint_run), "--n", "4", "--steps", "3", "--guidance", "2"]) == 2
+    assert "add --given" in capsys.readouterr().err
+    assert main(["sample", str(joint_run), "--n", "4", "--steps", "3", "--given", "image=heldout", "--guidance", "-1"]) == 2
+    assert "must be >= 0" in capsys.readouterr().err
+    out = tmp_path / "digits"
+    assert main(["train", str(REPO / "recipes" / "binary_digits.yaml"), "--out", str(out), "--set", "sample.guidance=2"]) == 2
+    assert "sample.guidance applies to conditional samples" in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_sample_command_conditions_on_held_out_examples_or_samples_one_modality(joint_run, capsys):
     assert main(["sample", str(joint_run), "--n", "4", "--steps", "3", "--given", "image=heldout"]) == 0
+    assert (joint_run / "samples" / "audio" / "karras-heun3-seed0-given-image-guidance2").is_dir()  # the recipe's guidance
+    assert main(["sample", str(joint_run), "--n", "4", "--steps", "3", "--given", "image=heldout", "--guidance", "1"]) == 0
     assert (joint_run / "samples" / "audio" / "karras-heun3-seed0-given-image").is_dir()
     assert main(["sample", str(joint_run), "--n", "4", "--steps", "3", "--only", "audio"]) == 0
     assert (joint_run / "samples" / "audio" / "karras-heun3-seed0-only-audio.png").is_file()
     capsys.readouterr()
     assert main(["sample", str(joint_run), "--given", "video=heldout"]) == 2
     assert "unknown modality 'video'" in capsys.readouterr().err
+
+
+def test_guidance_table_reports_each_direction_per_scale(joint_run, tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("guidance_table", REPO / "tools" / "guidance_table.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    title, lines = tool.guidance_rows(joint_run, [0.0, 2.0], seeds=1)
+    assert lines[0].startswith("| guidance | image→audio accuracy | audio→image accuracy |")
+    rows = [line.split(" | ") for line in lines[2:]]
+    assert [r[0] for r in rows] == ["| 0", "| 2"] and all(len(r) == 5 for r in rows)
+    for r in rows:  # accuracies are percentages, distances finite numbers
+        assert all(0 <= float(c.rstrip(" %")) <= 100 for c in r[1:3]) and all(math.isfinite(float(c.rstrip(" |"))) for c in r[3:])
+    digits = tmp_path / "digits"
+    assert main(["train", str(REPO / "recipes" / "binary_digits.yaml"), "--out", str(digits), "--max-steps", "2",
+                 "--set", "train.progress_bar=false", "--set", "eval.nelbo_examples=8", "--set", "eval.quality_samples=8",
+                 "--set", "eval.quality_seeds=1", "--set", "sample.n=4"]) == 0  # fmt: skip
+    capsys.readouterr()
+    import sys
+
+    argv, sys.argv = sys.argv, ["guidance_table.py", str(digits)]
+    try:
+        assert tool.main() == 2
+    finally:
+        sys.argv = argv
+    assert "no conditional samples to guide" in capsys.readouterr().err
 
 
 def test_schedule_flag_sets_every_modality(tmp_path, capsys):

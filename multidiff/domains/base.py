@@ -58,6 +58,9 @@ class Domain:
     #: sample metrics tracked during training (keys of :meth:`sample_metrics`' result) → which way is
     #: better: "lower", "higher", or None for a diagnostic that gets a curve but no speedup
     quality_metrics: dict[str, Optional[str]] = {"fd": "lower"}
+    #: True for domains that generate some parts of an example given others (a joint model's
+    #: modalities): they take ``sample --given/--only`` and ``sample.guidance``
+    conditional_sampling = False
 
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
         self.data_cfg = self._with_defaults("data", recipe.get("data") or {}, self.data_defaults)
@@ -138,9 +141,11 @@ class Domain:
         """Examples from a file, encoded like this domain's data (``multidiff sample --given``)."""
         raise UserError(f"domain '{self.name}' cannot read given examples from files; use --given MODALITY=heldout")
 
-    def model_metrics(self, model: Any, sample: Callable[[int, Any], Tensor], data: DomainData, n: int, final: bool = False) -> dict[str, Any]:
+    def model_metrics(self, model: Any, sample: Callable[[int, Any], Tensor], data: DomainData, n: int, final: bool = False,
+                      guidance: float = 1.0) -> dict[str, Any]:  # fmt: skip
         """Metrics that need the model itself (a joint model's conditional generation); ``sample(n,
-        condition)`` runs the recipe's sampler and returns decoded samples. Default: none."""
+        condition)`` runs the recipe's sampler and returns decoded samples, ``guidance`` is the
+        recipe's ``sample.guidance`` for conditional samples. Default: none."""
         return {}
 
     def extra_nelbo(self, model: Any, data: DomainData, settings: Any, device: Any) -> dict[str, Any]:
@@ -148,8 +153,9 @@ class Domain:
         given the others clean), from the same fixed subset, noise and quadrature. Default: none."""
         return {}
 
-    def condition(self, model: Any, given: dict[str, str], only: Optional[str], n: int, data: DomainData) -> Any:
-        """What ``multidiff sample --given/--only`` holds fixed (joint domains only)."""
+    def condition(self, model: Any, given: dict[str, str], only: Optional[str], n: int, data: DomainData,
+                  guidance: float = 1.0) -> Any:  # fmt: skip
+        """What ``multidiff sample --given/--only`` holds fixed (domains with ``conditional_sampling``)."""
         raise UserError(f"--given/--only sample one modality of a joint domain; domain '{self.name}' has one")
 
     def prepare_metrics(self, data: DomainData) -> None:

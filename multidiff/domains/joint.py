@@ -48,6 +48,7 @@ GRID_DOMAINS = ("binary_image", "spectrogram", "latent_image")
 class JointDomain(Domain):
     name = "joint"
     nelbo_unit = "bits/dim"
+    conditional_sampling = True
     data_defaults = {
         "modalities": {},  # name → {domain: ..., data: {...}}, in order
         "pair_by": "label",  # label | file
@@ -96,6 +97,7 @@ class JointDomain(Domain):
         self.headline_metrics = {**{f"fd_{k}": f"{k} Fréchet distance" for k in keys}, "agreement": "joint agreement",
                                  **{f"cond_{a}_to_{b}": f"{a}→{b} accuracy" for a in keys for b in keys if a != b}}  # fmt: skip
         self._decoded: dict[str, tuple[int, ...]] = {}
+        self._part_metrics: Optional[dict[str, Callable[[Tensor], dict[str, Any]]]] = None  # made by make_metric
 
     def modalities(self) -> list[str]:
         return list(self.subs)
@@ -197,6 +199,7 @@ class JointDomain(Domain):
     def make_metric(self, data: DomainData) -> Callable[[Tensor], dict[str, Any]]:
         parts = data.info["parts"]
         metrics = {k: sub.make_metric(parts[k]) for k, sub in self.subs.items()}
+        self._part_metrics = metrics  # also scores conditional samples (model_metrics)
 
         def metric(decoded: Tensor) -> dict[str, Any]:
             split = self.decoded_parts(decoded)
@@ -215,19 +218,23 @@ class JointDomain(Domain):
         return metric
 
     def model_metrics(self, model: Any, sample: Callable[[int, Condition], Tensor], data: DomainData, n: int,
-                      final: bool = False) -> dict[str, Any]:  # fmt: skip
-        """Conditional accuracy both ways (and at the final evaluation a NELBO per modality given the
-        others clean): samples of each modality generated from held-out examples of another."""
+                      final: bool = False, guidance: float = 1.0) -> dict[str, Any]:  # fmt: skip
+        """Conditional accuracy both ways: samples of each modality generated from held-out examples
+        of another (with classifier-free guidance ``guidance``; see :class:`JointCondition`), and the
+        Fréchet distance of those samples (``fd_<generated>_given_<given>``: what guidance costs)."""
         val_pairs = data.info["val_pairs"][:n]
         parts = data.info["parts"]
         labels = data.val_labels[: val_pairs.shape[0]].numpy()
+        if self._part_metrics is None:
+            self.make_metric(data)
         out: dict[str, Any] = {}
         for a in self.subs:
             given = {a: parts[a].val[val_pairs[:, list(self.subs).index(a)]].float()}
-            decoded = self.decoded_parts(sample(val_pairs.shape[0], JointCondition(model, given)))
+            decoded = self.decoded_parts(sample(val_pairs.shape[0], JointCondition(model, given, guidance=guidance)))
             for b in self.subs:
                 if b != a:
                     out[f"cond_{a}_to_{b}"] = float((self.subs[b].classify(decoded[b]) == labels).mean())
+                    out[f"fd_{b}_given_{a}"] = float(self._part_metrics[b](decoded[b])["fd"])
         return out
 
     @torch.no_grad()
@@ -246,9 +253,11 @@ class JointDomain(Domain):
         dims = {k: math.prod(data.info["parts"][k].train.shape[1:]) for k in self.subs}
         return {f"nelbo_{k}_given_rest": totals[k] / raw.shape[0] / (math.log(2) * dims[k]) for k in self.subs}
 
-    def condition(self, model: Any, given: dict[str, str], only: Optional[str], n: int, data: DomainData) -> Condition:
-        """``multidiff sample --given MOD=heldout|FILE`` (those modalities fixed, the rest generated) or
-        ``--only MOD`` (MOD generated alone, the others held at σ_max: its marginal)."""
+    def condition(self, model: Any, given: dict[str, str], only: Optional[str], n: int, data: DomainData,
+                  guidance: float = 1.0) -> Condition:  # fmt: skip
+        """``multidiff sample --given MOD=heldout|FILE`` (those modalities fixed, the rest generated,
+        with classifier-free guidance ``guidance``) or ``--only MOD`` (MOD generated alone, the others
+        held at σ_max: its marginal)."""
         for key in [*given, *([only] if only else [])]:
             if key not in self.subs:
                 raise UserError(f"--given/--only: unknown modality {key!r}; this run has {', '.join(self.subs)}")
@@ -264,28 +273,42 @@ class JointDomain(Domain):
             if x.shape[0] < n:
                 raise UserError(f"--given {key}={src}: {x.shape[0]} examples for --n {n}")
             fixed[key] = x[:n]
-        return JointCondition(model, fixed)
+        return JointCondition(model, fixed, guidance=guidance)
 
 
 class JointCondition(Condition):
-    """Given modalities fixed clean (conditional sampling), or ``marginal`` ones held at σ_max."""
+    """Given modalities fixed clean (conditional sampling), or ``marginal`` ones held at σ_max.
 
-    def __init__(self, model: Any, given: dict[str, Tensor], marginal: Optional[list[str]] = None) -> None:
-        self.model, self.given, self.marginal = model, given, list(marginal or [])
+    ``guidance`` w is classifier-free guidance against the model's own marginal: the generated
+    modalities' x0 estimate is D_marg + w·(D_cond − D_marg), where D_marg sees the given modalities
+    as pure noise at σ_max (the model learned that case from its dropped examples). w = 1 is the plain
+    conditional (one model call per step), w = 0 the marginal; w > 1 strengthens what the given
+    modalities say, at two model calls per step."""
+
+    def __init__(self, model: Any, given: dict[str, Tensor], marginal: Optional[list[str]] = None, guidance: float = 1.0) -> None:
+        self.model, self.given, self.marginal, self.guidance = model, given, list(marginal or []), float(guidance)
 
     def apply(self, x: Tensor, denoiser: Callable[[Tensor, Tensor], Tensor], start: int, end: int) -> tuple[Tensor, Callable[[Tensor, Tensor], Tensor]]:
         model = self.model
         parts = model.split(x)
+        unseen = {k: parts[k] for k in self.given}  # their initial σ_max noise: what the marginal call sees instead
         for k, g in self.given.items():
             parts[k] = g[start:end].to(x)
         x = model.join(parts)
         held = {**{k: model.sigma_min for k in self.given}, **{k: model.sigma_max for k in self.marginal}}
+        dropped = {**held, **{k: model.sigma_max for k in self.given}}
+        guided = self.guidance != 1.0 and bool(self.given)
+
+        def levels(sig: Tensor, fixed: dict[str, float]) -> Tensor:
+            return torch.stack([torch.full_like(sig, fixed[k]) if k in fixed else sig for k in model.keys], dim=1)
 
         def fixed(z: Tensor, sigma: Tensor) -> Tensor:
             sig = sigma.float().reshape(-1).expand(z.shape[0]) if sigma.numel() in (1, z.shape[0]) else sigma
-            cols = torch.stack([torch.full_like(sig, held[k]) if k in held else sig for k in model.keys], dim=1)
-            out = model.split(model.denoise(z, cols))
             zs = model.split(z)
+            out = model.split(model.denoise(z, levels(sig, held)))
+            if guided:
+                marg = model.split(model.denoise(model.join({**zs, **unseen}), levels(sig, dropped)))
+                out = {k: marg[k] + self.guidance * (out[k] - marg[k]) for k in model.keys}
             for k in held:  # their x0 estimate is their value: the sampler leaves them where they are
                 out[k] = zs[k]
             return model.join(out)
