@@ -183,6 +183,63 @@ def _gaussian_pair_model(rho: float, d: int):
                           weighting="edm", sigma_min=0.002, sigma_max=80.0, clean_share=0.4, drop_share=0.1)  # fmt: skip
 
 
+class _SigmaRecorder(torch.nn.Module):
+    """Returns zeros and remembers the σ each modality's tokens were told (c_noise = ln σ / 4)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+        self.seen: dict[str, torch.Tensor] = {}
+
+    def forward(self, xs, cn):
+        self.seen = {k: (4 * cn[k].double()).exp() for k in xs}
+        return {k: torch.zeros_like(v) for k, v in xs.items()}
+
+
+def test_conditionals_can_train_their_generated_modality_over_the_whole_noise_range():
+    """cond_loguniform: of the examples with one modality given clean, that share draws the other's
+    σ log-uniformly on [σ_min, σ_max] (trained, hidden from its schedule); the rest keep the σ their
+    schedule drew, and joint examples are untouched."""
+    from multidiff.diffusion.joint import JointDiffusion
+
+    def model(share: float, clean_share: float) -> JointDiffusion:
+        return JointDiffusion(_SigmaRecorder(), {"a": (3,), "b": (3,)}, {"a": 1.0, "b": 1.0}, {"a": "gaussian", "b": "gaussian"},
+                              {"a": 0.002, "b": 0.002}, {"a": lambda x: x, "b": lambda x: x}, {"a": torch.zeros(1, 3), "b": torch.zeros(1, 3)},
+                              weighting="edm", sigma_min=0.002, sigma_max=80.0, clean_share=clean_share, drop_share=0.0, cond_loguniform=share)  # fmt: skip
+
+    n = 20000
+    x, noise, drawn = torch.ones(n, 6), torch.randn(n, 6, generator=torch.Generator().manual_seed(1)), torch.full((n, 2), 1.5)  # every schedule drew σ = 1.5
+
+    def run(share: float, clean_share: float):
+        m = model(share, clean_share)
+        out = m.loss(x, drawn, noise, None, None, generator=torch.Generator().manual_seed(0))
+        return torch.stack([m.net.seen["a"], m.net.seen["b"]], 1), out
+
+    sig, out = run(1.0, 1.0)  # every example conditional, every generated σ log-uniform
+    given = (sig - 0.002).abs() < 1e-9  # σ_min exactly, up to float32 rounding of ln σ
+    assert bool((given.sum(1) == 1).all())  # one modality given clean per example
+    wide = sig[~given].log()
+    lo, hi = math.log(0.002), math.log(80.0)
+    assert float(wide.min()) >= lo - 1e-6 and float(wide.max()) <= hi + 1e-6
+    quartiles = torch.quantile(wide, torch.tensor([0.25, 0.5, 0.75], dtype=wide.dtype))
+    assert torch.allclose(quartiles, torch.tensor([lo + (hi - lo) * q for q in (0.25, 0.5, 0.75)], dtype=wide.dtype), atol=0.1)
+    assert float(out.mask.sum()) == 0  # no schedule observes an entry it did not draw
+    assert bool((out.loss[~given] > 0).all()) and bool((out.loss[given] == 0).all())  # generated trained, given not
+
+    sig, out = run(0.5, 0.4)  # 40 % conditional, half of those spread; the rest keeps the schedule's σ
+    given = (sig - 0.002).abs() < 1e-9  # σ_min exactly, up to float32 rounding of ln σ
+    cond = given.any(1)
+    spread = (sig - 1.5).abs() > 1e-6
+    spread_cond = (spread & ~given).any(1)
+    assert abs(float(cond.double().mean()) - 0.4) < 0.02
+    assert abs(float(spread_cond[cond].double().mean()) - 0.5) < 0.03
+    assert not bool(spread[~cond].any())  # joint examples keep their drawn σ and are observed
+    assert bool((out.mask[~cond] == 1).all()) and bool((out.mask[spread & ~given] == 0).all())
+
+    base, _ = run(0.0, 0.4)  # off: the schedule's σ everywhere outside the given modality
+    assert bool(((base - 1.5).abs() < 1e-6)[~((base - 0.002).abs() < 1e-9)].all())
+
+
 def test_guided_conditional_sampling_moves_from_the_marginal_through_the_conditional():
     """On two correlated Gaussians with their exact denoiser: guidance w mixes the conditional and
     marginal x0 estimates as D_marg + w (D_cond − D_marg) (both known in closed form), w = 1 samples
@@ -197,8 +254,9 @@ def test_guided_conditional_sampling_moves_from_the_marginal_through_the_conditi
 
     # the denoiser the sampler sees, against the closed forms
     x0, den = JointCondition(model, {"a": a[:8]}, guidance=3.0).apply(torch.randn(8, 2 * d) * 80.0, model.denoise, 0, 8)
+    noisy_b = torch.Generator().manual_seed(2)
     for s in (40.0, 2.0, 0.1):
-        z = model.join({"a": a[:8], "b": torch.randn(8, d)})
+        z = model.join({"a": a[:8], "b": torch.randn(8, d, generator=noisy_b)})
         out = model.split(den(z, torch.tensor(s)))
         yb = model.split(z)["b"]
         cond = rho * a[:8] + (1 - rho**2) / (1 - rho**2 + s**2) * (yb - rho * a[:8])  # E[b | a, y_b]

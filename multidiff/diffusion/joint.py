@@ -9,7 +9,11 @@ each token's noise level, so it learns the joint, every conditional and the marg
   learns p(other | given) — and that modality is neither trained nor observed by its schedule;
 - a share ``drop_share`` puts one modality at σ_max — the model learns the marginal of the others
   (pure noise carries nothing) — and that entry is trained but not observed (its schedule did not
-  draw it).
+  draw it);
+- of the conditional examples, a share ``cond_loguniform`` draws the generated modalities' σ
+  log-uniformly on [σ_min, σ_max] instead of from their schedules (trained, not observed). A
+  learned schedule puts its σ where the modality's own information is resolved; a conditional also
+  has to learn to read the given modality where the generated one is still noise, at high σ.
 
 The bound (:meth:`JointDiffusion.nelbo`) follows every modality down its own path, from σ_max to
 its own reconstruction point (a binary image decodes where its pixels are already determined),
@@ -46,6 +50,7 @@ class JointDiffusion(DiffusionModel):
         sigma_max: float,
         clean_share: float,
         drop_share: float,
+        cond_loguniform: float = 0.0,
     ) -> None:
         super().__init__()
         self.net = backbone
@@ -57,6 +62,7 @@ class JointDiffusion(DiffusionModel):
         self.weights = {k: get_weighting(weighting, self.sigma_data[k]) for k in self.keys}
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.clean_share, self.drop_share = float(clean_share), float(drop_share)
+        self.cond_loguniform = float(cond_loguniform)
         for k in self.keys:  # the paired examples, looked up by index (on the model's device; not in checkpoints)
             self.register_buffer(f"table_{k}", tables[k], persistent=False)
 
@@ -105,6 +111,12 @@ class JointDiffusion(DiffusionModel):
         clean = which & (u < self.clean_share)[:, None]
         drop = which & ((u >= self.clean_share) & (u < self.clean_share + self.drop_share))[:, None]
         sigma = torch.where(clean, torch.full_like(sigma, self.sigma_min), torch.where(drop, torch.full_like(sigma, self.sigma_max), sigma))
+        spread = torch.zeros_like(clean)
+        if self.cond_loguniform > 0:  # drawn only when asked, so runs without it keep their random stream
+            spread = ~which & (u < self.clean_share * self.cond_loguniform)[:, None]
+            lo, hi = math.log(self.sigma_min), math.log(self.sigma_max)
+            wide = torch.exp(lo + (hi - lo) * torch.rand(b, m, generator=generator, device=x.device))
+            sigma = torch.where(spread, wide.to(sigma.dtype), sigma)
         parts, eps = self.split(x), self.split(noise)
         sig = self.sigmas(sigma, b)
         noisy = {}
@@ -115,7 +127,7 @@ class JointDiffusion(DiffusionModel):
         err = torch.stack([(den[k] - parts[k]).square().flatten(1).mean(1) for k in self.keys], dim=1)
         w = torch.stack([self.weights[k](sig[k]) for k in self.keys], dim=1)
         trained = (~clean).float()
-        observed = (~(clean | drop)).float()
+        observed = (~(clean | drop | spread)).float()
         return LossOutput(loss=w * err * trained, error=(err * observed).detach(), mask=observed)
 
     # ---- the bound ------------------------------------------------------------------------------------

@@ -64,9 +64,10 @@ class JointDomain(Domain):
         "patch": {},  # modality → patch side (default: the smallest that gives each modality ≤ 64 tokens)
         "clean_share": 0.4,  # examples with one modality given clean: trains the conditionals
         "drop_share": 0.1,  # examples with one modality at σ_max: trains the marginals
+        "cond_loguniform": 0.0,  # of the conditional examples: generated modality's σ log-uniform, not from its schedule
     }
     data_rules = {"pair_by": choice(("label", "file")), "pairs": text(optional=True), "pair_seed": integer(0)}
-    model_rules = {**JOINT_RULES, "clean_share": number(0, 1), "drop_share": number(0, 1)}
+    model_rules = {**JOINT_RULES, "clean_share": number(0, 1), "drop_share": number(0, 1), "cond_loguniform": number(0, 1)}
 
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
         from .registry import get_domain
@@ -179,7 +180,8 @@ class JointDomain(Domain):
         d = self.diffusion_cfg
         return JointDiffusion(backbone, shapes, sigma_data, recon, floors, decoders, data.info["tables"], weighting=d["weighting"],
                               sigma_min=float(d["sigma_min"]), sigma_max=float(d["sigma_max"]),
-                              clean_share=float(self.model_cfg["clean_share"]), drop_share=float(self.model_cfg["drop_share"]))  # fmt: skip
+                              clean_share=float(self.model_cfg["clean_share"]), drop_share=float(self.model_cfg["drop_share"]),
+                              cond_loguniform=float(self.model_cfg["cond_loguniform"]))  # fmt: skip
 
     def example_shape(self, data: DomainData) -> tuple[int, ...]:
         parts = data.info["parts"]
