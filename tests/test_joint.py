@@ -175,12 +175,18 @@ class _ExactGaussianPair(torch.nn.Module):
         return {k: ((den[k] - c[k][0] * y[k]) / c[k][1]).float() for k in xs}
 
 
-def _gaussian_pair_model(rho: float, d: int):
+def _pair_model(backbone: torch.nn.Module, d: int, clean_share: float = 0.4, drop_share: float = 0.1, cond_loguniform: float = 0.0):
+    """Two Gaussian modalities a, b of d values each (σ_data 1, σ in [0.002, 80]) around ``backbone``."""
     from multidiff.diffusion.joint import JointDiffusion
 
-    return JointDiffusion(_ExactGaussianPair(rho), {"a": (d,), "b": (d,)}, {"a": 1.0, "b": 1.0}, {"a": "gaussian", "b": "gaussian"},
+    return JointDiffusion(backbone, {"a": (d,), "b": (d,)}, {"a": 1.0, "b": 1.0}, {"a": "gaussian", "b": "gaussian"},
                           {"a": 0.002, "b": 0.002}, {"a": lambda x: x, "b": lambda x: x}, {"a": torch.zeros(1, d), "b": torch.zeros(1, d)},
-                          weighting="edm", sigma_min=0.002, sigma_max=80.0, clean_share=0.4, drop_share=0.1)  # fmt: skip
+                          weighting="edm", sigma_min=0.002, sigma_max=80.0, clean_share=clean_share, drop_share=drop_share,
+                          cond_loguniform=cond_loguniform)  # fmt: skip
+
+
+def _gaussian_pair_model(rho: float, d: int):
+    return _pair_model(_ExactGaussianPair(rho), d)
 
 
 class _SigmaRecorder(torch.nn.Module):
@@ -200,18 +206,11 @@ def test_conditionals_can_train_their_generated_modality_over_the_whole_noise_ra
     """cond_loguniform: of the examples with one modality given clean, that share draws the other's
     σ log-uniformly on [σ_min, σ_max] (trained, hidden from its schedule); the rest keep the σ their
     schedule drew, and joint examples are untouched."""
-    from multidiff.diffusion.joint import JointDiffusion
-
-    def model(share: float, clean_share: float) -> JointDiffusion:
-        return JointDiffusion(_SigmaRecorder(), {"a": (3,), "b": (3,)}, {"a": 1.0, "b": 1.0}, {"a": "gaussian", "b": "gaussian"},
-                              {"a": 0.002, "b": 0.002}, {"a": lambda x: x, "b": lambda x: x}, {"a": torch.zeros(1, 3), "b": torch.zeros(1, 3)},
-                              weighting="edm", sigma_min=0.002, sigma_max=80.0, clean_share=clean_share, drop_share=0.0, cond_loguniform=share)  # fmt: skip
-
     n = 20000
     x, noise, drawn = torch.ones(n, 6), torch.randn(n, 6, generator=torch.Generator().manual_seed(1)), torch.full((n, 2), 1.5)  # every schedule drew σ = 1.5
 
     def run(share: float, clean_share: float):
-        m = model(share, clean_share)
+        m = _pair_model(_SigmaRecorder(), 3, clean_share=clean_share, drop_share=0.0, cond_loguniform=share)
         out = m.loss(x, drawn, noise, None, None, generator=torch.Generator().manual_seed(0))
         return torch.stack([m.net.seen["a"], m.net.seen["b"]], 1), out
 
