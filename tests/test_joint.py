@@ -60,6 +60,38 @@ def test_pairs_share_their_class_and_use_the_smaller_modality_evenly():
         assert used.max() - used.min() <= 1  # each example of the smaller modality used equally often
 
 
+@pytest.mark.parametrize("lead", ["a", "b"])
+def test_redrawn_partners_keep_the_lead_example_and_draw_any_example_of_its_class(lead):
+    """data.partners: redrawn — each training step keeps the larger modality's example and draws its
+    partner uniformly among the other modality's examples of the same class, from the step's
+    generator (so a resumed run draws the same); fixed partners leave the batch as it is."""
+    rng = np.random.default_rng(0)
+    big, small = rng.integers(0, 3, 300), rng.integers(0, 3, 40)
+    labels = {"a": big, "b": small} if lead == "a" else {"a": small, "b": big}
+    pairs = pair_by_label([labels["a"], labels["b"]], seed=0)
+    batch = torch.from_numpy(pairs)
+    fixed = _pair_model(torch.nn.Identity(), 2)
+    assert fixed.training_batch(batch, torch.Generator().manual_seed(0)) is batch
+    model = _pair_model(torch.nn.Identity(), 2, partner_labels={k: torch.from_numpy(v) for k, v in labels.items()})
+    keep, other = (0, 1) if lead == "a" else (1, 0)
+    seen = []
+    for step in range(50):
+        drawn = model.training_batch(batch, torch.Generator().manual_seed(step))
+        assert drawn.dtype == batch.dtype and torch.equal(drawn[:, keep], batch[:, keep])
+        assert np.array_equal(labels["a"][drawn[:, 0].numpy()], labels["b"][drawn[:, 1].numpy()])  # one class per pair
+        seen.append(drawn[:, other].numpy())
+    again = model.training_batch(batch, torch.Generator().manual_seed(7))
+    assert np.array_equal(again[:, other].numpy(), seen[7])  # the step's generator decides
+    seen = np.stack(seen)  # [steps, pairs]
+    assert (seen != pairs[None, :, other]).mean() > 0.5  # partners change from the fixed pairing
+    small_labels = labels["b" if lead == "a" else "a"]
+    counts = np.bincount(seen.ravel(), minlength=40)
+    for c in range(3):
+        members = np.nonzero(small_labels == c)[0]
+        share = counts[members] / counts[members].sum()
+        assert (counts[members] > 0).all() and np.allclose(share, 1 / len(members), rtol=0.25)  # uniform within the class
+
+
 def test_held_out_pairs_come_from_held_out_examples_of_both_modalities(joint_run):
     from multidiff.pipeline import prepare, read_run_recipe
 
@@ -175,14 +207,15 @@ class _ExactGaussianPair(torch.nn.Module):
         return {k: ((den[k] - c[k][0] * y[k]) / c[k][1]).float() for k in xs}
 
 
-def _pair_model(backbone: torch.nn.Module, d: int, clean_share: float = 0.4, drop_share: float = 0.1, cond_loguniform: float = 0.0):
+def _pair_model(backbone: torch.nn.Module, d: int, clean_share: float = 0.4, drop_share: float = 0.1, cond_loguniform: float = 0.0,
+                partner_labels=None):
     """Two Gaussian modalities a, b of d values each (σ_data 1, σ in [0.002, 80]) around ``backbone``."""
     from multidiff.diffusion.joint import JointDiffusion
 
     return JointDiffusion(backbone, {"a": (d,), "b": (d,)}, {"a": 1.0, "b": 1.0}, {"a": "gaussian", "b": "gaussian"},
                           {"a": 0.002, "b": 0.002}, {"a": lambda x: x, "b": lambda x: x}, {"a": torch.zeros(1, d), "b": torch.zeros(1, d)},
                           weighting="edm", sigma_min=0.002, sigma_max=80.0, clean_share=clean_share, drop_share=drop_share,
-                          cond_loguniform=cond_loguniform)  # fmt: skip
+                          cond_loguniform=cond_loguniform, partner_labels=partner_labels)  # fmt: skip
 
 
 def _gaussian_pair_model(rho: float, d: int):
@@ -339,6 +372,16 @@ def test_schedule_flag_sets_every_modality(tmp_path, capsys):
     assert {load_schedule_file(p).table.method for p in out.glob("schedule.*.json")} == {"edm"}
     assert main(tiny_joint_args(tmp_path / "bad", steps=2) + ["--set", "schedule.image.name=nosuch"]) == 2
     assert "nosuch" in capsys.readouterr().err
+
+
+def test_redrawn_partners_are_refused_for_explicit_pairs(tmp_path, capsys):
+    np.savez(tmp_path / "pairs.npz", train=np.zeros((4, 2), dtype=np.int64), val=np.zeros((2, 2), dtype=np.int64))
+    out = tmp_path / "run"
+    args = ["--set", "data.pair_by=file", "--set", f"data.pairs={tmp_path / 'pairs.npz'}", "--set", "data.partners=redrawn"]
+    assert main(tiny_joint_args(out, steps=2) + args) == 2
+    err = capsys.readouterr().err
+    assert "data.partners: redrawn needs data.pair_by: label" in err and "Traceback" not in err
+    assert not out.exists()
 
 
 def test_compare_to_edm_reports_per_modality_densities_and_metrics(tmp_path):

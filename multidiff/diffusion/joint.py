@@ -51,6 +51,7 @@ class JointDiffusion(DiffusionModel):
         clean_share: float,
         drop_share: float,
         cond_loguniform: float = 0.0,
+        partner_labels: Optional[dict[str, Tensor]] = None,
     ) -> None:
         super().__init__()
         self.net = backbone
@@ -65,6 +66,40 @@ class JointDiffusion(DiffusionModel):
         self.cond_loguniform = float(cond_loguniform)
         for k in self.keys:  # the paired examples, looked up by index (on the model's device; not in checkpoints)
             self.register_buffer(f"table_{k}", tables[k], persistent=False)
+        self.redraw = partner_labels is not None
+        if partner_labels is not None:
+            self._class_pools({k: partner_labels[k] for k in self.keys})
+
+    def _class_pools(self, labels: dict[str, Tensor]) -> None:
+        """Each modality's training indices grouped by class (sorted, with each class's start and
+        count), and the class of every example of the lead modality (the largest, whose column each
+        training pair keeps)."""
+        self.lead = max(range(len(self.keys)), key=lambda m: labels[self.keys[m]].numel())
+        lead_labels = labels[self.keys[self.lead]].long()
+        classes = int(max(int(lab.max()) for lab in labels.values())) + 1
+        self.register_buffer("lead_labels", lead_labels, persistent=False)
+        for k in self.keys:
+            lab = labels[k].long()
+            count = torch.bincount(lab, minlength=classes)
+            self.register_buffer(f"pool_{k}", torch.argsort(lab, stable=True), persistent=False)
+            self.register_buffer(f"pool_start_{k}", torch.cumsum(count, 0) - count, persistent=False)
+            self.register_buffer(f"pool_count_{k}", count, persistent=False)
+
+    def training_batch(self, batch: Tensor, generator: torch.Generator) -> Tensor:
+        """[B, M] pair indices → the same lead examples, each with a partner of its class drawn
+        afresh in every other modality (when pairing by class redraws partners; else the batch)."""
+        if not self.redraw:
+            return batch
+        idx = batch.long().clone()
+        cls = self.lead_labels[idx[:, self.lead]]
+        u = torch.rand(idx.shape[0], len(self.keys), generator=generator, device=idx.device)
+        for m, k in enumerate(self.keys):
+            if m == self.lead:
+                continue
+            count = getattr(self, f"pool_count_{k}")[cls]
+            pick = torch.minimum((u[:, m] * count).long(), count - 1)  # u < 1, but float rounding may reach count
+            idx[:, m] = getattr(self, f"pool_{k}")[getattr(self, f"pool_start_{k}")[cls] + pick]
+        return idx.to(batch.dtype)
 
     # ---- packing ------------------------------------------------------------------------------------
     def encode(self, batch: Tensor) -> Tensor:

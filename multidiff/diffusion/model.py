@@ -29,6 +29,12 @@ class DiffusionModel(nn.Module):
     def encode(self, batch: Any) -> Tensor:
         return batch
 
+    def training_batch(self, batch: Any, generator: torch.Generator) -> Any:
+        """The batch a training step learns from, drawn with the step's seeded generator (a joint
+        model pairing by class redraws each example's partners here); the batch itself by default,
+        drawing nothing, so the step's random stream is unchanged."""
+        return batch
+
     def split(self, x: Tensor) -> Any:
         """x as the schedule sees it: the tensor itself (a joint model: its parts by modality)."""
         return x

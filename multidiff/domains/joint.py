@@ -54,6 +54,7 @@ class JointDomain(Domain):
         "pair_by": "label",  # label | file
         "pairs": None,  # pair_by: file → a .npz with [N, M] index arrays 'train' and 'val'
         "pair_seed": 0,  # which same-class partner each example gets (independent of the training seed)
+        "partners": "fixed",  # pair_by: label — fixed: each example keeps its partner; redrawn: a fresh one every step
     }
     model_defaults = {
         "width": 128,
@@ -66,7 +67,8 @@ class JointDomain(Domain):
         "drop_share": 0.1,  # examples with one modality at σ_max: trains the marginals
         "cond_loguniform": 0.0,  # of the conditional examples: generated modality's σ log-uniform, not from its schedule
     }
-    data_rules = {"pair_by": choice(("label", "file")), "pairs": text(optional=True), "pair_seed": integer(0)}
+    data_rules = {"pair_by": choice(("label", "file")), "pairs": text(optional=True), "pair_seed": integer(0),
+                  "partners": choice(("fixed", "redrawn"))}  # fmt: skip
     model_rules = {**JOINT_RULES, "clean_share": number(0, 1), "drop_share": number(0, 1), "cond_loguniform": number(0, 1)}
 
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
@@ -92,6 +94,8 @@ class JointDomain(Domain):
         check_settings("model.patch", patch, {k: integer(1) for k in self.subs})
         if self.data_cfg["pair_by"] == "file" and not self.data_cfg["pairs"]:
             raise UserError("data.pair_by: file needs data.pairs=FILE.npz (integer arrays 'train' and 'val', one column per modality)")
+        if self.data_cfg["pair_by"] == "file" and self.data_cfg["partners"] == "redrawn":
+            raise UserError("data.partners: redrawn needs data.pair_by: label (explicit pairs from a file keep their partners)")
         keys = list(self.subs)
         self.quality_metrics = {**{f"fd_{k}": "lower" for k in keys}, "agreement": "higher",
                                 **{f"cond_{a}_to_{b}": "higher" for a in keys for b in keys if a != b}}  # fmt: skip
@@ -178,10 +182,12 @@ class JointDomain(Domain):
             with torch.no_grad():
                 self._decoded[k] = tuple(single.decode(parts[k].train[:1].float()).shape[1:])
         d = self.diffusion_cfg
+        redrawn = self.data_cfg["partners"] == "redrawn"
         return JointDiffusion(backbone, shapes, sigma_data, recon, floors, decoders, data.info["tables"], weighting=d["weighting"],
                               sigma_min=float(d["sigma_min"]), sigma_max=float(d["sigma_max"]),
                               clean_share=float(self.model_cfg["clean_share"]), drop_share=float(self.model_cfg["drop_share"]),
-                              cond_loguniform=float(self.model_cfg["cond_loguniform"]))  # fmt: skip
+                              cond_loguniform=float(self.model_cfg["cond_loguniform"]),
+                              partner_labels={k: parts[k].train_labels for k in self.subs} if redrawn else None)  # fmt: skip
 
     def example_shape(self, data: DomainData) -> tuple[int, ...]:
         parts = data.info["parts"]

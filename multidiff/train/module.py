@@ -75,8 +75,8 @@ class DiffusionModule(L.LightningModule):
                 group["lr"] = self.lr * lam(s.last_epoch)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x = self.model.encode(batch)
         g = self.step_generator(self.global_step)
+        x = self.model.encode(self.model.training_batch(batch, g))
         sigma = self.schedule.sample(x.shape[0], g, self.device)
         noise = torch.randn(x.shape, generator=g, device=self.device, dtype=x.dtype)
         out = self.model.loss(x, sigma, noise, self.weight, batch, generator=g)
