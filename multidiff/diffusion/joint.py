@@ -66,9 +66,9 @@ class JointDiffusion(DiffusionModel):
         self.cond_loguniform = float(cond_loguniform)
         for k in self.keys:  # the paired examples, looked up by index (on the model's device; not in checkpoints)
             self.register_buffer(f"table_{k}", tables[k], persistent=False)
-        self.redraw = partner_labels is not None
+        self.lead: Optional[int] = None  # the modality whose example each training pair keeps, when partners are redrawn
         if partner_labels is not None:
-            self._class_pools({k: partner_labels[k] for k in self.keys})
+            self._class_pools(partner_labels)
 
     def _class_pools(self, labels: dict[str, Tensor]) -> None:
         """Each modality's training indices grouped by class (sorted, with each class's start and
@@ -88,7 +88,7 @@ class JointDiffusion(DiffusionModel):
     def training_batch(self, batch: Tensor, generator: torch.Generator) -> Tensor:
         """[B, M] pair indices → the same lead examples, each with a partner of its class drawn
         afresh in every other modality (when pairing by class redraws partners; else the batch)."""
-        if not self.redraw:
+        if self.lead is None:
             return batch
         idx = batch.long().clone()
         cls = self.lead_labels[idx[:, self.lead]]

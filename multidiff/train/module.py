@@ -76,7 +76,8 @@ class DiffusionModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         g = self.step_generator(self.global_step)
-        x = self.model.encode(self.model.training_batch(batch, g))
+        batch = self.model.training_batch(batch, g)  # the loss sees the batch the step learns from
+        x = self.model.encode(batch)
         sigma = self.schedule.sample(x.shape[0], g, self.device)
         noise = torch.randn(x.shape, generator=g, device=self.device, dtype=x.dtype)
         out = self.model.loss(x, sigma, noise, self.weight, batch, generator=g)
