@@ -16,6 +16,7 @@ from multidiff.schedules.base import ScheduleContext
 from multidiff.schedules.group import ScheduleGroup
 from multidiff.schedules.infonoise import InfoNoise, InfoNoiseParams
 from multidiff.schedules.io import load_schedule_file
+from multidiff.schedules.registry import build_schedule
 
 RECIPE = REPO / "recipes" / "joint_digits_speech.yaml"
 
@@ -122,6 +123,23 @@ def test_each_member_schedule_sees_only_its_own_modality_and_masked_entries_are_
     a, b = group.members["a"].stats, group.members["b"].stats
     assert float(a.sums.sum()) == 6.0 and float(a.counts.sum()) == 6  # only 1.0s: column a
     assert float(b.sums.sum()) == 20.0 and float(b.counts.sum()) == 4  # only 5.0s, and not the masked ones
+
+
+def test_members_draw_their_noise_levels_independently():
+    """Each modality's σ is drawn independently of the others': no rank correlation between two
+    members' columns, and each quadrant of their medians holds about a quarter of the examples
+    (comonotonic draws put half in each of two quadrants and none in the others)."""
+    from scipy import stats
+
+    ctx = ScheduleContext(0.002, 80.0, 1.0, weight=lambda s: s * 0 + 1)
+    group = ScheduleGroup({"a": build_schedule("edm", {}, ctx), "b": build_schedule("loguniform", {}, ctx)})
+    g = torch.Generator().manual_seed(0)
+    sigma = torch.cat([group.sample(64, g) for _ in range(100)]).double().numpy()
+    rho = stats.spearmanr(sigma[:, 0], sigma[:, 1]).statistic
+    assert abs(rho) < 0.05
+    above = sigma > np.median(sigma, axis=0)
+    quadrants = np.array([np.mean((above[:, 0] == i) & (above[:, 1] == j)) for i in (0, 1) for j in (0, 1)])
+    assert np.all(np.abs(quadrants - 0.25) < 0.02), quadrants
 
 
 def test_a_joint_run_learns_one_schedule_per_modality_and_writes_each_modalitys_outputs(joint_run):

@@ -97,6 +97,31 @@ def test_samples_follow_pdf(name):
 
 
 @pytest.mark.parametrize("name", list(SCHEDULES))
+def test_batch_position_carries_no_noise_level(name):
+    """A stratified draw comes out sorted; ``sample`` must return it in a random order: over many
+    batches the position of the smallest σ is uniform, and σ is not rank-correlated with position."""
+    s = SCHEDULES[name]
+    n, batches = 16, 800
+    g = torch.Generator().manual_seed(5)
+    draws = torch.stack([s.sample(n, g) for _ in range(batches)])
+    counts = np.bincount(draws.argmin(1).numpy(), minlength=n)
+    assert stats.chisquare(counts).pvalue > 1e-4  # sorted draws put every minimum at position 0
+    rho = stats.spearmanr(np.tile(np.arange(n), batches), draws.flatten().numpy()).statistic
+    assert abs(rho) < 0.05
+    # still one draw per stratum: the sorted batch is the stratified draw
+    q = s.cdf(draws.log()).sort(1).values
+    assert ((q - torch.arange(n) / n) >= -1e-3).all() and ((q - (torch.arange(n) + 1) / n) <= 1e-3).all()
+
+
+def test_sample_order_comes_from_the_given_generator():
+    s = SCHEDULES["edm"]
+    a = s.sample(64, torch.Generator().manual_seed(3))
+    b = s.sample(64, torch.Generator().manual_seed(3))
+    c = s.sample(64, torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("name", list(SCHEDULES))
 def test_cdf_monotone_and_icdf_inverts(name):
     s = SCHEDULES[name]
     u = torch.linspace(CTX.u_min, CTX.u_max, 2001)

@@ -104,6 +104,14 @@ def stratified_uniform(
     return (offsets + torch.rand(n, generator=generator, device=device)) / n
 
 
+def shuffled(values: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """``values`` (1-D) in a random order drawn from ``generator``: a stratified draw comes out sorted,
+    and whoever slices a batch by position (dropout by index, micro-batches, devices) must not see
+    its noise levels sorted with it."""
+    order = torch.randperm(values.numel(), generator=generator, device=values.device)
+    return values[order]
+
+
 class Schedule:
     """Base class: a fixed density over u = ln σ. Adaptive schedules override the hooks below."""
 
@@ -137,9 +145,10 @@ class Schedule:
     def sample(
         self, n: int, generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None
     ) -> Tensor:
-        """n training σ's (σ, not ln σ): stratified uniforms through the inverse CDF, on ``device``."""
+        """n training σ's (σ, not ln σ): stratified uniforms through the inverse CDF, on ``device``,
+        in a random order drawn from ``generator`` (batch position carries no noise level)."""
         q = stratified_uniform(n, generator, device or self.device)
-        return self.icdf(q).exp()
+        return self.icdf(shuffled(q, generator)).exp()
 
     # ---- adaptation hooks (no-ops for fixed schedules) ---------------------------------------
     def observe(self, sigma: Tensor, error: Tensor, loss: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> None:

@@ -44,7 +44,8 @@ class ScheduleGroup(Schedule):
 
     # ---- drawing and observing, column m ↔ member m ------------------------------------------
     def sample(self, n: int, generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None) -> Tensor:
-        """σ of shape [n, M]: each member's stratified draw, in member order (σ, not ln σ)."""
+        """σ of shape [n, M]: each member's stratified draw, in member order (σ, not ln σ). Each
+        column is permuted on its own, so the members' noise levels are independent across examples."""
         return torch.stack([s.sample(n, generator, device) for s in self.members.values()], dim=1)
 
     def observe(self, sigma: Tensor, error: Tensor, loss: Optional[Tensor] = None, mask: Optional[Tensor] = None) -> None:
