@@ -7,8 +7,8 @@ across seeds that say when a difference is real.
 - :func:`speedup`: the baseline's steps / the steps another run needs to reach the baseline's final
   value (below 1 when the baseline gets there first: then the baseline's steps to the other's final
   value / the other's steps).
-- :func:`summarize_ratios`: the geometric mean of per-seed speedups with a bootstrap 95 % interval
-  over seeds (resampling seeds, in log space, so 2× and ½× average to 1×), and a verdict in words.
+- :func:`summarize_ratios`: the geometric mean of per-seed speedups with a Student-t 95 % interval
+  of the mean log speedup (log space, so 2× and ½× average to 1×), and a verdict in words.
 - :func:`paired_difference`: the mean per-seed difference to the baseline (same seed: same initial
   weights and data order) with a Student-t 95 % interval.
 """
@@ -18,6 +18,7 @@ import math
 from typing import Any, Optional, Sequence
 
 import numpy as np
+from scipy import stats
 
 Curve = tuple[Sequence[int], Sequence[float]]
 
@@ -63,31 +64,31 @@ def bound_mark(summary: dict[str, Any]) -> str:
     return "≥ " if summary.get("at_least") else ""
 
 
-def bootstrap_interval(values: Sequence[float], level: float = 0.95, resamples: int = 10_000, seed: int = 0) -> Optional[tuple[float, float]]:
-    """Percentile bootstrap interval of the mean of ``values`` (resampling them with replacement);
-    None with fewer than two values."""
-    v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
-    if v.size < 2:
-        return None
-    rng = np.random.default_rng(seed)
-    means = v[rng.integers(0, v.size, size=(resamples, v.size))].mean(1)
-    a = (1 - level) / 2
-    return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+#: how a speedup's interval is made, in the words reports print beside it
+INTERVAL_METHOD = "95 % t-interval of the mean log speedup over seeds"
 
 
 def summarize_ratios(ratios: Sequence[Optional[float]], level: float = 0.95, at_least: Sequence[bool] = ()) -> dict[str, Any]:
-    """Per-seed speedups → geometric mean, bootstrap interval (log space) and a verdict. ``at_least``
-    marks per-seed ratios that are lower bounds; if any is, so are the mean and the interval."""
+    """Per-seed speedups → geometric mean, a Student-t interval of the mean log speedup (back on the
+    ratio scale) and a verdict. ``at_least`` marks per-seed ratios that are lower bounds; if any is,
+    so are the mean and the interval.
+
+    Why a t-interval: with 2–5 seeds a percentile bootstrap of the seeds is their range (three
+    seeds: each end is one seed, since all three resamples equal to it has probability 1/27), far
+    narrower than a 95 % interval. Log speedups of independent seeds are close to normal, and the
+    t-interval then covers the true geometric mean in 95 % of seed sets at any n ≥ 2 (tested)."""
     valid = [r for r in ratios if r is not None and r > 0 and math.isfinite(r)]
     if not valid:
-        return {"mean": None, "interval": None, "verdict": "not measurable", "seeds": len(ratios), "at_least": False}
+        return {"mean": None, "interval": None, "verdict": "not measurable", "seeds": len(ratios), "at_least": False,
+                "method": INTERVAL_METHOD}  # fmt: skip
     logs = np.log(valid)
     mean = float(np.exp(logs.mean()))
-    ci = bootstrap_interval(logs, level)
+    ci = t_interval(logs, level)
     interval = (float(np.exp(ci[0])), float(np.exp(ci[1]))) if ci else None
     bound = any(at_least)
     words = verdict(interval, len(valid), reference=1.0) + ("; a lower bound (reached by its first evaluation)" if bound else "")
-    return {"mean": mean, "interval": interval, "verdict": words, "seeds": len(valid), "at_least": bound}
+    return {"mean": mean, "interval": interval, "verdict": words, "seeds": len(valid), "at_least": bound,
+            "method": INTERVAL_METHOD}  # fmt: skip
 
 
 def verdict(interval: Optional[tuple[float, float]], n: int, reference: float, higher_is_better: bool = True) -> str:
@@ -103,8 +104,6 @@ def verdict(interval: Optional[tuple[float, float]], n: int, reference: float, h
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> Optional[tuple[float, float]]:
     """Student-t interval of the mean; None with fewer than two values."""
-    from scipy import stats
-
     v = np.asarray([x for x in values if x is not None and math.isfinite(x)], dtype=np.float64)
     if v.size < 2:
         return None
