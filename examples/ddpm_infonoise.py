@@ -68,7 +68,7 @@ def train(args: argparse.Namespace, data: torch.Tensor, scheduler: Any, noise: m
         per_example.mean().backward()
         opt.step()
         noise.observe(k, per_example.detach())
-        if noise.refresh_every and step % noise.refresh_every == 0:
+        if noise.refresh_due(step):
             noise.refresh(step)
         if step % max(1, args.steps // 10) == 0:
             print(f"step {step}: ε-MSE {per_example.mean().item():.4f}")

@@ -71,7 +71,7 @@ def train(args: argparse.Namespace, data: torch.Tensor, noise: multidiff.LoopSch
         per_example.mean().backward()
         opt.step()
         noise.observe(t, per_example.detach())
-        if noise.refresh_every and step % noise.refresh_every == 0:
+        if noise.refresh_due(step):
             noise.refresh(step)
         if step % max(1, args.steps // 10) == 0:
             print(f"step {step}: velocity MSE {per_example.mean().item():.4f}")

@@ -17,7 +17,7 @@ and gives the x0-space weight of that loss, which InfoNoise divides out.
     t = noise.sample(batch_size)                             # integer timesteps, drawn by InfoNoise
     ...loss = ((eps_pred - eps) ** 2).flatten(1).mean(1)...
     noise.observe(t, loss.detach())                           # per-example ε-MSE → x0 error
-    if step % noise.refresh_every == 0: noise.refresh(step)
+    if noise.refresh_due(step): noise.refresh(step)
     noise.save("schedule.json")
 
 Units: σ is a VE noise level in the loop's data units unless a docstring says "schedule units".
@@ -28,6 +28,7 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -101,16 +102,40 @@ class Parameterization:
     def make_schedule(self, name: str, *, target: str, sigma_range: Optional[tuple[float, float]] = None,
                       weighting: Optional[Callable[[Tensor], Tensor]] = None, **params: Any) -> "LoopSchedule":  # fmt: skip
         """A multidiff schedule for this loop: its σ range (default: what the loop's variable covers),
-        its data scale and, unless given, the x0-space weight of an unweighted ``target`` MSE."""
+        its data scale and, unless given, the x0-space weight of an unweighted ``target`` MSE.
+
+        A learned schedule warms up from the loop's own density (uniform timesteps or t: ``base:
+        native``) until it has learned, unless ``base`` names another; VE loops keep EDM's."""
         from .schedules.api import make_schedule
 
         if target not in TARGETS:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         lo, hi = sigma_range or self.sigma_range()
         w = weighting or self.x0_weight(target)
+        native = self.native_density if self.native_edges(math.log(lo), math.log(hi)) is not None else None
+        if native is not None and "base" not in params and _warms_up(name):
+            params = {**params, "base": "native"}
         sched = make_schedule(name, sigma_min=lo, sigma_max=hi, sigma_data=self.sigma_data, weighting=w,
-                              weighting_name=f"{target}-mse" if weighting is None else "custom", **params)  # fmt: skip
+                              weighting_name=f"{target}-mse" if weighting is None else "custom", native=native, **params)  # fmt: skip
         return LoopSchedule(sched, self, target)
+
+    # ---- the loop's own density ---------------------------------------------------------------------
+    def native_edges(self, u_min: float, u_max: float) -> Optional[tuple[Tensor, Tensor]]:
+        """The density this loop draws its variable from, over u = ln σ in [u_min, u_max] (σ in the
+        loop's data units): interval edges (ln σ, increasing) and each interval's mass. Continuous
+        variables drawn uniformly: a fine grid, each interval's mass |Δt|. None: no native density."""
+        edges = torch.linspace(u_min, u_max, 2049, dtype=torch.float64)
+        t = self.from_sigma(edges.exp())
+        return edges, t.diff().abs()
+
+    def native_density(self, ctx: Any) -> Any:
+        """The loop's own density as a fixed schedule over ``ctx``'s σ range (schedule units = the
+        loop's, as this parameterization's ``make_schedule`` sets σ_data)."""
+        from .schedules.tabulated import PiecewiseUniformSchedule
+
+        found = self.native_edges(ctx.u_min, ctx.u_max)
+        assert found is not None
+        return PiecewiseUniformSchedule(ctx, *found, label=f"uniform {self.name} variable")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "sigma_data": self.sigma_data}
@@ -134,6 +159,9 @@ class VE(Parameterization):
 
     def sigma_range(self) -> tuple[float, float]:
         return self.range
+
+    def native_edges(self, u_min: float, u_max: float) -> Optional[tuple[Tensor, Tensor]]:
+        return None  # an EDM loop's own density is EDM's log-normal: the learned schedules' default base
 
 
 class LogSNR(Parameterization):
@@ -251,8 +279,32 @@ class DDPM(Parameterization):
         last = self.lams[-1] - (self.lams[-2] - self.lams[-1]) / 2
         return self.sigma_data * math.exp(-float(first) / 2), self.sigma_data * math.exp(-float(last) / 2)
 
+    def native_edges(self, u_min: float, u_max: float) -> Optional[tuple[Tensor, Tensor]]:
+        """Uniform timesteps: timestep k owns the u-interval between its λ-midpoints, each with mass
+        1/T (so drawing from it and rounding to the nearest timestep is uniform over k); the
+        range's ends cut the first and last intervals."""
+        lo, hi = (math.log(s) for s in self.sigma_range())
+        knots = torch.cat([torch.tensor([lo], dtype=torch.float64), math.log(self.sigma_data) - self._mids / 2,
+                           torch.tensor([hi], dtype=torch.float64)])  # fmt: skip
+        position = torch.arange(knots.numel(), dtype=torch.float64)  # timestep k spans positions k … k+1
+        inner = knots[(knots > u_min) & (knots < u_max)]
+        edges = torch.cat([torch.tensor([u_min], dtype=torch.float64), inner, torch.tensor([u_max], dtype=torch.float64)])
+        at = torch.from_numpy(np.interp(edges.numpy(), knots.numpy(), position.numpy()))
+        return edges, at.diff()
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "timesteps": int(self.lams.numel())}
+
+
+def _warms_up(name: str) -> bool:
+    """Whether schedule ``name`` samples a warm-up ``base`` before it has learned."""
+    import dataclasses
+
+    from .schedules.registry import REGISTRY
+
+    spec = REGISTRY.get(name)
+    fields = {f.name for f in dataclasses.fields(spec.params)} if spec else set()
+    return {"base", "warmup"} <= fields
 
 
 class LoopSchedule:
@@ -272,6 +324,10 @@ class LoopSchedule:
     def refresh_every(self) -> int:
         """Steps between :meth:`refresh` calls the schedule wants (0: it never changes)."""
         return int(self.schedule.refresh_every)
+
+    def refresh_due(self, step: int) -> bool:
+        """Whether the loop should call :meth:`refresh` after training step ``step``."""
+        return bool(self.schedule.refresh_due(step))
 
     def _to_schedule_sigma(self, lam: Tensor) -> Tensor:
         return self.schedule.ctx.sigma_data * torch.exp(-lam.double() / 2)

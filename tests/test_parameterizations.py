@@ -186,3 +186,41 @@ def test_save_fills_in_the_metadata_and_load_gives_the_same_density(tmp_path):
     u = torch.linspace(math.log(0.002), math.log(80), 200)
     assert torch.allclose(again.cdf(u), sched.cdf(u), atol=2e-3)  # piecewise linear between 256 points (Laplace has a kink)
     assert again.ctx.sigma_data == 0.5 and again.ctx.weighting == "edm"
+
+
+# ---- before a learned schedule has learned, it draws from the loop's own density ------------------
+
+
+@pytest.mark.parametrize("name", ["infonoise", "timewarp"])
+def test_a_ddpm_loop_warms_up_on_uniform_timesteps(name):
+    noise = DDPM(ALPHAS, sigma_data=0.5).make_schedule(name, target="eps", warmup=1000)
+    k = noise.sample(200_000, torch.Generator().manual_seed(0))
+    counts = np.bincount(k.numpy(), minlength=1000)
+    assert counts.min() >= 199 and counts.max() <= 201  # stratified: one draw per 1/1000 of the mass (± float32 edges)
+    assert float(k.double().median()) == pytest.approx(499.5, abs=1)
+
+
+@pytest.mark.parametrize("p", [FlowMatching(0.5), VPTime("cosine", 0.5), VPTime("linear", 0.5)], ids=lambda p: f"{p.name}-{getattr(p, 'kind', '')}")
+def test_a_continuous_time_loop_warms_up_on_uniform_t(p):
+    noise = p.make_schedule("infonoise", target="x0" if p.name == "vp" else "velocity")
+    t = noise.sample(20_000, torch.Generator().manual_seed(1)).double().numpy()
+    lo, hi = sorted(float(v) for v in p.from_sigma(torch.tensor(p.sigma_range(), dtype=torch.float64)))
+    assert stats.kstest(t, stats.uniform(lo, hi - lo).cdf).pvalue > 1e-3
+
+
+def test_a_logsnr_loop_warms_up_on_uniform_logsnr():
+    p = LogSNR(0.5)
+    lam = p.make_schedule("infonoise", target="eps").sample(20_000, torch.Generator().manual_seed(2)).double().numpy()
+    assert stats.kstest(lam, stats.uniform(-20, 40).cdf).pvalue > 1e-3
+
+
+def test_the_warm_up_base_is_overridable_and_ve_loops_keep_edm():
+    p = DDPM(ALPHAS, sigma_data=0.5)
+    named = p.make_schedule("infonoise", target="eps", base="edm")
+    assert named.schedule.params.base == "edm"
+    k = named.sample(20_000, torch.Generator().manual_seed(3))
+    assert float(k.double().median()) < 200  # EDM's log-normal puts most draws at low noise
+    assert VE(0.5).make_schedule("infonoise", target="x0").schedule.params.base == "edm"
+    assert p.make_schedule("edm", target="eps").schedule.name == "edm"  # fixed schedules are what they name
+    with pytest.raises(UserError, match="native"):  # outside a parameterization there is no loop density
+        multidiff.make_schedule("infonoise", sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, weighting="edm", base="native")

@@ -61,7 +61,7 @@ def staged_curriculum(stage=2):
 
 
 def all_schedules():
-    out = {name: build_schedule(name, {}, CTX) for name in REGISTRY if name != "infonoise"}
+    out = {name: build_schedule(name, {}, CTX) for name in REGISTRY if name not in ("infonoise", "crs")}  # crs: prepared below
     out["infonoise(learned)"] = learned_infonoise()
     out["timewarp(learned)"] = learned("timewarp")
     out["adaptive(learned)"] = learned("adaptive")

@@ -64,7 +64,7 @@ def _speedup(m: dict[str, Any]) -> str:
     if not sp or sp.get("mean") is None:
         return "–"
     ci = sp.get("interval")
-    ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else ""
+    ci_txt = f" [{ci[0]:.2f}, {ci[1]:.2f}], n = {sp.get('seeds')}" if ci else ""
     return f"{bound_mark(sp)}{sp['mean']:.2f}×{ci_txt} ({sp['verdict']})"
 
 
@@ -85,7 +85,7 @@ def table(name: str) -> str:
     seeds_txt = f"{len(seeds)} seeds ({', '.join(map(str, seeds))}): mean ± seed-to-seed sd" if len(seeds) > 1 else \
         "one seed (no interval: a single seed cannot separate close results)"  # fmt: skip
     lines += ["", f"{seeds_txt}; speedup = steps to reach the baseline's final value, geometric mean over seeds "
-              f"with a bootstrap 95 % interval." + (f" Evaluation noise (same weights, other sample seed): {', '.join(noise)}." if noise else "")]  # fmt: skip
+              f"with a 95 % t-interval of the mean log speedup (n seeds, n − 1 degrees of freedom)." + (f" Evaluation noise (same weights, other sample seed): {', '.join(noise)}." if noise else "")]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -5,7 +5,7 @@ run directories (metrics.csv, eval.json, schedule.json, schedule_history/refresh
 For every headline metric (the NELBO and the domain's sample-quality metrics) it gives the final
 value (mean and seed-to-seed spread), the difference to the baseline paired by seed with a 95 %
 interval, the steps each run needs to reach the baseline's final value and the speedup with a
-bootstrap 95 % interval across seeds; an interval that covers no change is reported as
+95 % t-interval of the mean log speedup across seeds; an interval that covers no change is reported as
 "within noise". The sample metrics' own evaluation noise (same weights, other sample seeds) is
 stated beside them.
 
@@ -212,9 +212,9 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
               f"Δ = final value − {baseline}'s (per seed, paired: same initial weights and data order), mean and "
               "95 % t-interval. Steps = steps the run needs to reach the baseline's final value (linear interpolation "
               "between evaluations; per seed). Speedup = the baseline's steps / those steps (below 1 when the baseline "
-              "gets there first), geometric mean over seeds with a bootstrap 95 % interval; an interval covering 1 "
-              "reads \"within noise\".", "",
-              "| schedule | metric | Δ (mean [95 % CI]) | steps to baseline's final | speedup [95 % CI] | verdict |",
+              "gets there first), geometric mean over the n seeds with a 95 % t-interval of the mean log speedup "
+              "(n − 1 degrees of freedom; its coverage is tested at n = 2–5); an interval covering 1 reads \"within noise\".", "",
+              "| schedule | metric | Δ (mean [95 % CI]) | steps to baseline's final | speedup [95 % t-interval, n seeds] | verdict |",
               "|---|---|---|---|---|---|"]  # fmt: skip
     for label, s in summary["schedules"].items():
         if label == baseline:
@@ -238,6 +238,7 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
                 reach = f"not reached ({reached.count(False)}/{len(reached)} seeds)" + (f"; others {_fmt(float(np.mean(steps)), 4)}" if steps else "")
             sp = m["speedup"]
             sp_txt = f"{bound_mark(sp)}{sp['mean']:.2f}× {_fmt_interval(sp['interval'])}".strip() if sp["mean"] is not None else "–"
+            sp_txt += f" (n = {sp['seeds']})" if sp["mean"] is not None else ""
             lines.append(f"| {label} | {spec['label']} | {d_txt} | {reach} | {sp_txt} | {sp['verdict']} |")
 
     for key, spec in specs.items():

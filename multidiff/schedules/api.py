@@ -3,7 +3,7 @@
     sched = make_schedule("infonoise", sigma_min=0.002, sigma_max=80, sigma_data=0.5, weighting="edm", warmup=500)
     sigma = sched.sample(batch_size)                 # σ (VE), on the schedule's device
     sched.observe(sigma, x0_error, loss)             # per-example x0 error per dimension (and weighted loss)
-    if step % sched.refresh_every == 0: sched.refresh(step)
+    if sched.refresh_due(step): sched.refresh(step)
     sched.save("schedule.json")                      # reused by load_schedule or `multidiff train --schedule`
 
 For a loop in another variable (DDPM timesteps, flow-matching t, VP time, logSNR) use
@@ -22,12 +22,15 @@ Weighting = Union[str, Callable[[Tensor], Tensor]]
 
 
 def make_schedule(name: str, *, sigma_min: float, sigma_max: float, sigma_data: float, weighting: Weighting,
-                  weighting_name: Optional[str] = None, **params: Any) -> Schedule:  # fmt: skip
+                  weighting_name: Optional[str] = None, native: Optional[Callable[[ScheduleContext], Schedule]] = None,
+                  **params: Any) -> Schedule:  # fmt: skip
     """A schedule by name (``list_schedules()``) with its parameters, over [σ_min, σ_max] (σ, not ln σ).
 
     ``sigma_data``: RMS of the data the σ's refer to. ``weighting``: the training loss's fixed weight
     in x0 terms — ``"edm"``, ``"snr"`` (1/σ²), ``"uniform"`` or a function of σ; there is no default,
-    because the weight decides what InfoNoise learns (it divides the weight out). Bad names or
+    because the weight decides what InfoNoise learns (it divides the weight out). ``native``: the
+    density of the caller's own noise variable (what ``base: native`` warms up from; the
+    parameterizations supply it). Bad names or
     parameters raise :class:`multidiff.UserError` with a one-line message.
     """
     from ..diffusion.weighting import WEIGHTINGS, get_weighting
@@ -40,7 +43,7 @@ def make_schedule(name: str, *, sigma_min: float, sigma_max: float, sigma_data: 
         fn, label = weighting, weighting_name or "custom"
     else:
         raise TypeError(f"weighting must be one of {', '.join(WEIGHTINGS)} or a function of σ, got {weighting!r}")
-    ctx = ScheduleContext(float(sigma_min), float(sigma_max), float(sigma_data), fn, label)
+    ctx = ScheduleContext(float(sigma_min), float(sigma_max), float(sigma_data), fn, label, native)
     return build_schedule(name, params, ctx)
 
 

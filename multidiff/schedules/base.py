@@ -37,6 +37,9 @@ class ScheduleContext:
     sigma_data: float = 1.0
     weight: Optional[WeightFn] = None
     weighting: Optional[str] = None  # the weight's name, recorded in schedule files (edm, snr, eps-mse, ...)
+    #: the density a loop draws its own noise variable from (uniform DDPM timesteps, uniform flow t),
+    #: as a schedule over this context's u; a learned schedule's ``base: native`` warms up from it
+    native: Optional[Callable[["ScheduleContext"], "Schedule"]] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not (0 < self.sigma_min < self.sigma_max) or not math.isfinite(self.sigma_max):
@@ -181,6 +184,11 @@ class Schedule:
         ``probe_examples > 0`` get one.
         """
         return {}
+
+    def refresh_due(self, step: int) -> bool:
+        """Whether a loop should call :meth:`refresh` after training step ``step`` (never for a
+        schedule that does not learn: its ``refresh_every`` is 0)."""
+        return self.refresh_every > 0 and step > 0 and step % self.refresh_every == 0
 
     def loss_scale(self, sigma: Tensor) -> Optional[Tensor]:
         """Per-example factor on the weighted loss (importance correction), or None for 1."""

@@ -22,7 +22,14 @@ FIXED: dict[str, type[Schedule]] = {
 
 
 def fixed_schedule(name: str, ctx: ScheduleContext) -> Schedule:
-    """A fixed schedule with its default parameters (ValueError naming the choices otherwise)."""
+    """A fixed schedule with its default parameters, or ``native``: the density the caller's loop
+    draws its own noise variable from (a parameterization's ``make_schedule`` supplies it).
+    ValueError naming the choices otherwise."""
+    if name == "native":
+        if ctx.native is None:
+            raise ValueError("base 'native' is the loop's own density: make the schedule through a parameterization "
+                             "(e.g. multidiff.DDPM(alphas_cumprod).make_schedule(...)), or name a fixed schedule")  # fmt: skip
+        return ctx.native(ctx)
     if name not in FIXED:
-        raise ValueError(f"base/target must be a fixed schedule ({', '.join(FIXED)}), got {name!r}")
+        raise ValueError(f"base/target must be a fixed schedule ({', '.join(FIXED)}) or native, got {name!r}")
     return FIXED[name](ctx)

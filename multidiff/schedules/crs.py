@@ -116,6 +116,14 @@ class CRS(LearnedSchedule):
         self.delta = float(self.nodes[1] - self.nodes[0])
         self.speed: Optional[np.ndarray] = None  # raw v per segment (EMA over refreshes for x0/eps)
 
+    def sample(self, n: int, generator: Optional[torch.Generator] = None, device: Optional[torch.device] = None) -> Tensor:
+        """As every schedule's; refused before ``prepare`` for ``fd``, whose table comes from data
+        (drawing from the warm-up base instead would be a schedule the caller did not ask for)."""
+        if not self.model_based and self.speed is None:
+            raise RuntimeError(f"crs (measure fd) builds its table from data: call prepare(x) with {self.prepare_examples} "
+                               "encoded training examples before sampling")  # fmt: skip
+        return super().sample(n, generator, device)
+
     # ---- the table from a speed -------------------------------------------------------------------
     def smoothed_speed(self) -> np.ndarray:
         assert self.speed is not None, "no speed measured yet"
