@@ -249,6 +249,41 @@ def test_callback_checkpoint_resumes_the_schedule_exactly(tmp_path):
         resumed.on_train_batch_end(SimpleNamespace(global_step=11), None, {"loss": torch.tensor(1.0)}, None, 0)
 
 
+def test_callback_refreshes_once_per_optimizer_step_under_gradient_accumulation(tmp_path):
+    """With accumulate_grad_batches=4, global_step stays put over four micro-batches: the schedule
+    observes every micro-batch but refreshes once per due optimizer step (steps 4, 8, 12)."""
+    import lightning as L
+
+    from multidiff.train.external import NoiseScheduleCallback
+
+    class Tiny(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = torch.nn.Linear(4, 4)
+
+        def training_step(self, batch, batch_idx):
+            (x,) = batch
+            sigma = self.noise_schedule.sample(len(x), device=self.device).float()
+            per_example = (self.net(x + sigma[:, None] * torch.randn_like(x)) - x).square().mean(1)
+            return {"loss": per_example.mean(), "t": sigma, "per_example_loss": per_example}
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=1e-3)
+
+    noise = multidiff.VE(0.5).make_schedule("infonoise", target="x0", warmup=0, refresh=4, bins=8, min_count=1)
+    refreshed, observed = [], []
+    refresh, observe = noise.refresh, noise.observe
+    noise.refresh = lambda step: refreshed.append(step) or refresh(step)
+    noise.observe = lambda t, loss, **kw: observed.append(len(t)) or observe(t, loss, **kw)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(256, 4)), batch_size=8)
+    trainer = L.Trainer(max_steps=12, accumulate_grad_batches=4, accelerator="cpu", devices=1, logger=False,
+                        callbacks=[NoiseScheduleCallback(noise)], enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, default_root_dir=tmp_path)  # fmt: skip
+    trainer.fit(Tiny(), loader)
+    assert trainer.global_step == 12 and len(observed) == 48  # every micro-batch observed
+    assert refreshed == [4, 8, 12]
+
+
 # ---- acceptance ------------------------------------------------------------------------------------
 
 

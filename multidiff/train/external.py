@@ -31,12 +31,13 @@ _KEY = "multidiff_noise_schedule"
 
 class NoiseScheduleCallback(L.Callback):
     """Attaches ``loop_schedule`` as ``pl_module.noise_schedule`` (on the module's device), feeds it
-    each training batch's ``t`` and ``per_example_loss``, refreshes it every ``refresh_every``
-    optimizer steps, keeps its state in checkpoints (a resumed fit continues with the same
+    each training batch's ``t`` and ``per_example_loss`` (every micro-batch under gradient
+    accumulation), refreshes it every ``refresh_every`` optimizer steps (once each), keeps its state in checkpoints (a resumed fit continues with the same
     statistics and density) and writes the schedule file to ``export_path`` when the fit ends."""
 
     def __init__(self, loop_schedule: LoopSchedule, export_path: Optional[Union[str, Path]] = None, **meta: Any) -> None:
         self.schedule, self.export_path, self.meta = loop_schedule, export_path, meta
+        self.refreshed_at = -1  # the optimizer step of the latest refresh
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.schedule.to(pl_module.device)
@@ -47,9 +48,12 @@ class NoiseScheduleCallback(L.Callback):
         if not isinstance(outputs, Mapping) or "t" not in outputs or "per_example_loss" not in outputs:
             raise KeyError('NoiseScheduleCallback: training_step must return a dict with "loss", "t" and "per_example_loss"')
         self.schedule.observe(outputs["t"], outputs["per_example_loss"], weight=outputs.get("weight"))
-        every, step = self.schedule.refresh_every, trainer.global_step
-        if every and step % every == 0:  # global_step already counts this batch's optimizer step
+        # global_step already counts this batch's optimizer step; under gradient accumulation it stays
+        # put over the next micro-batches, which must not refresh again
+        step = trainer.global_step
+        if self.schedule.refresh_due(step) and step != self.refreshed_at:
             self.schedule.refresh(step)
+            self.refreshed_at = step
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.export_path is not None and trainer.is_global_zero:
@@ -64,4 +68,4 @@ class NoiseScheduleCallback(L.Callback):
         if saved is None:
             return  # a checkpoint written without this callback: the schedule starts afresh
         self.schedule.load_state_dict(saved["state"])
-        self.schedule.schedule.last_refresh = int(saved["last_refresh"])
+        self.schedule.schedule.last_refresh = self.refreshed_at = int(saved["last_refresh"])
