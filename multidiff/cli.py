@@ -22,7 +22,12 @@ class _Parser(argparse.ArgumentParser):
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader that closed the pipe early shows here, inside the handler below
+        return status
+    except BrokenPipeError:  # `multidiff schedule list | head`: the reader has what it wanted
+        _silence_stdout()
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer whose reader went away
     except UserError as exc:
         print(f"multidiff: error: {exc}", file=sys.stderr)
         return 2
@@ -36,6 +41,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Terminated as exc:
         print(f"multidiff: terminated: {exc}", file=sys.stderr)
         return 143
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot fail again on the closed pipe."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 def build_parser() -> argparse.ArgumentParser:

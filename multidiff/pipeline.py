@@ -393,6 +393,9 @@ def sample_run(run_dir: Path, n: Optional[int], steps: Optional[int], sigmas: Op
     for flag, value in (("--n", n), ("--steps", steps)):
         if value is not None and value <= 0:
             raise UserError(f"{flag} must be positive, got {value}")
+    if given and only:
+        raise UserError(f"--only {only} samples one modality alone (the others at σ_max) and --given conditions on "
+                        "given modalities: use one of them")  # fmt: skip
     if guidance is not None and (guidance < 0 or not given):
         raise UserError(f"--guidance {guidance:g}: " + ("must be >= 0" if guidance < 0 else "guides conditional samples; add --given MODALITY=heldout|FILE"))
     setup, _ = load_run(run_dir)

@@ -171,3 +171,13 @@ def test_console_script_reports_without_traceback(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and proc.stderr.strip().splitlines()[-1].startswith("multidiff: error: unknown schedule")
+
+
+def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly():
+    """`multidiff schedule list | head -n 1`: no error message, no traceback (status 141, as a shell
+    reports a writer whose reader went away)."""
+    proc = subprocess.run(f"'{sys.executable}' -m multidiff schedule list | head -n 1; echo \"status ${{PIPESTATUS[0]}}\"",
+                          shell=True, executable="/bin/bash", capture_output=True, text=True)  # fmt: skip
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[1] in ("status 0", "status 141"), proc.stdout  # 0: everything fit in the pipe before head left
+    assert proc.stderr == "", proc.stderr

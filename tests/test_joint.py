@@ -352,6 +352,11 @@ def test_sample_command_conditions_on_held_out_examples_or_samples_one_modality(
     capsys.readouterr()
     assert main(["sample", str(joint_run), "--given", "video=heldout"]) == 2
     assert "unknown modality 'video'" in capsys.readouterr().err
+    before = sorted(p.relative_to(joint_run) for p in (joint_run / "samples").rglob("*"))
+    assert main(["sample", str(joint_run), "--n", "4", "--given", "image=heldout", "--only", "audio"]) == 2  # not silently dropped
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--only audio" in err and "--given" in err
+    assert sorted(p.relative_to(joint_run) for p in (joint_run / "samples").rglob("*")) == before
 
 
 def test_guidance_table_reports_each_direction_per_scale(joint_run, tmp_path, capsys):
