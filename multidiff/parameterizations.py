@@ -46,6 +46,8 @@ class Parameterization:
 
     name = "parameterization"
     discrete = False
+    #: whether learned schedules warm up on the loop's own density (:meth:`native_edges`)
+    has_native = True
 
     def __init__(self, sigma_data: float = 1.0) -> None:
         if not sigma_data > 0:
@@ -112,7 +114,7 @@ class Parameterization:
             raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         lo, hi = sigma_range or self.sigma_range()
         w = weighting or self.x0_weight(target)
-        native = self.native_density if self.native_edges(math.log(lo), math.log(hi)) is not None else None
+        native = self.native_density if self.has_native else None
         if native is not None and "base" not in params and _warms_up(name):
             params = {**params, "base": "native"}
         sched = make_schedule(name, sigma_min=lo, sigma_max=hi, sigma_data=self.sigma_data, weighting=w,
@@ -120,10 +122,10 @@ class Parameterization:
         return LoopSchedule(sched, self, target)
 
     # ---- the loop's own density ---------------------------------------------------------------------
-    def native_edges(self, u_min: float, u_max: float) -> Optional[tuple[Tensor, Tensor]]:
+    def native_edges(self, u_min: float, u_max: float) -> tuple[Tensor, Tensor]:
         """The density this loop draws its variable from, over u = ln σ in [u_min, u_max] (σ in the
         loop's data units): interval edges (ln σ, increasing) and each interval's mass. Continuous
-        variables drawn uniformly: a fine grid, each interval's mass |Δt|. None: no native density."""
+        variables drawn uniformly: a fine grid, each interval's mass |Δt|."""
         edges = torch.linspace(u_min, u_max, 2049, dtype=torch.float64)
         t = self.from_sigma(edges.exp())
         return edges, t.diff().abs()
@@ -133,9 +135,7 @@ class Parameterization:
         loop's, as this parameterization's ``make_schedule`` sets σ_data)."""
         from .schedules.tabulated import PiecewiseUniformSchedule
 
-        found = self.native_edges(ctx.u_min, ctx.u_max)
-        assert found is not None
-        return PiecewiseUniformSchedule(ctx, *found, label=f"uniform {self.name} variable")
+        return PiecewiseUniformSchedule(ctx, *self.native_edges(ctx.u_min, ctx.u_max), label=f"uniform {self.name} variable")
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "sigma_data": self.sigma_data}
@@ -146,6 +146,7 @@ class VE(Parameterization):
     σ_data than the schedule's it is EDM at another data scale (same λ, σ' = σ·σ_data'/σ_data)."""
 
     name = "ve"
+    has_native = False  # an EDM loop's own density is EDM's log-normal: the learned schedules' default base
 
     def __init__(self, sigma_data: float = 1.0, sigma_min: float = 0.002, sigma_max: float = 80.0) -> None:
         super().__init__(sigma_data)
@@ -160,8 +161,6 @@ class VE(Parameterization):
     def sigma_range(self) -> tuple[float, float]:
         return self.range
 
-    def native_edges(self, u_min: float, u_max: float) -> Optional[tuple[Tensor, Tensor]]:
-        return None  # an EDM loop's own density is EDM's log-normal: the learned schedules' default base
 
 
 class LogSNR(Parameterization):
@@ -279,7 +278,7 @@ class DDPM(Parameterization):
         last = self.lams[-1] - (self.lams[-2] - self.lams[-1]) / 2
         return self.sigma_data * math.exp(-float(first) / 2), self.sigma_data * math.exp(-float(last) / 2)
 
-    def native_edges(self, u_min: float, u_max: float) -> Optional[tuple[Tensor, Tensor]]:
+    def native_edges(self, u_min: float, u_max: float) -> tuple[Tensor, Tensor]:
         """Uniform timesteps: timestep k owns the u-interval between its λ-midpoints, each with mass
         1/T (so drawing from it and rounding to the nearest timestep is uniform over k); the
         range's ends cut the first and last intervals."""
@@ -298,13 +297,9 @@ class DDPM(Parameterization):
 
 def _warms_up(name: str) -> bool:
     """Whether schedule ``name`` samples a warm-up ``base`` before it has learned."""
-    import dataclasses
+    from .schedules.registry import REGISTRY, param_defaults
 
-    from .schedules.registry import REGISTRY
-
-    spec = REGISTRY.get(name)
-    fields = {f.name for f in dataclasses.fields(spec.params)} if spec else set()
-    return {"base", "warmup"} <= fields
+    return name in REGISTRY and {"base", "warmup"} <= param_defaults(name).keys()
 
 
 class LoopSchedule:

@@ -237,8 +237,7 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
             else:
                 reach = f"not reached ({reached.count(False)}/{len(reached)} seeds)" + (f"; others {_fmt(float(np.mean(steps)), 4)}" if steps else "")
             sp = m["speedup"]
-            sp_txt = f"{bound_mark(sp)}{sp['mean']:.2f}× {_fmt_interval(sp['interval'])}".strip() if sp["mean"] is not None else "–"
-            sp_txt += f" (n = {sp['seeds']})" if sp["mean"] is not None else ""
+            sp_txt = f"{bound_mark(sp)}{sp['mean']:.2f}× {_fmt_interval(sp['interval'])} (n = {sp['seeds']})" if sp["mean"] is not None else "–"
             lines.append(f"| {label} | {spec['label']} | {d_txt} | {reach} | {sp_txt} | {sp['verdict']} |")
 
     for key, spec in specs.items():

@@ -30,8 +30,8 @@ def make_schedule(name: str, *, sigma_min: float, sigma_max: float, sigma_data: 
     in x0 terms — ``"edm"``, ``"snr"`` (1/σ²), ``"uniform"`` or a function of σ; there is no default,
     because the weight decides what InfoNoise learns (it divides the weight out). ``native``: the
     density of the caller's own noise variable (what ``base: native`` warms up from; the
-    parameterizations supply it). Bad names or
-    parameters raise :class:`multidiff.UserError` with a one-line message.
+    parameterizations supply it). Bad names or parameters raise :class:`multidiff.UserError` with a
+    one-line message.
     """
     from ..diffusion.weighting import WEIGHTINGS, get_weighting
     from .registry import build_schedule

@@ -127,7 +127,6 @@ class PiecewiseUniformSchedule(Schedule):
         self.e64 = e
         self.c64 = torch.cat([torch.zeros(1, dtype=torch.float64), torch.cumsum(m / m.sum(), 0)])
         self.c64[-1] = 1.0
-        self.label = label
         self.to(torch.device("cpu"))
 
     def to(self, device: torch.device | str) -> "PiecewiseUniformSchedule":

@@ -32,8 +32,9 @@ _KEY = "multidiff_noise_schedule"
 class NoiseScheduleCallback(L.Callback):
     """Attaches ``loop_schedule`` as ``pl_module.noise_schedule`` (on the module's device), feeds it
     each training batch's ``t`` and ``per_example_loss`` (every micro-batch under gradient
-    accumulation), refreshes it every ``refresh_every`` optimizer steps (once each), keeps its state in checkpoints (a resumed fit continues with the same
-    statistics and density) and writes the schedule file to ``export_path`` when the fit ends."""
+    accumulation), refreshes it every ``refresh_every`` optimizer steps (once each), keeps its state
+    in checkpoints (a resumed fit continues with the same statistics and density) and writes the
+    schedule file to ``export_path`` when the fit ends."""
 
     def __init__(self, loop_schedule: LoopSchedule, export_path: Optional[Union[str, Path]] = None, **meta: Any) -> None:
         self.schedule, self.export_path, self.meta = loop_schedule, export_path, meta
