@@ -31,6 +31,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except UserError as exc:
         print(f"multidiff: error: {exc}", file=sys.stderr)
         return 2
+    except MemoryError:
+        print(f"multidiff: error: {_OUT_OF_MEMORY}", file=sys.stderr)
+        return 2
+    except RuntimeError as exc:  # torch reports a failed allocation as a RuntimeError (OutOfMemoryError on GPUs)
+        if not _is_out_of_memory(exc):
+            raise
+        print(f"multidiff: error: {_OUT_OF_MEMORY} ({str(exc).splitlines()[0][:120]})", file=sys.stderr)
+        return 2
     except OSError as exc:  # a path the user chose cannot be read or written (read-only, full disk, ...)
         where = f" {exc.filename}" if exc.filename else ""
         print(f"multidiff: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
@@ -41,6 +49,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except Terminated as exc:
         print(f"multidiff: terminated: {exc}", file=sys.stderr)
         return 143
+
+
+_OUT_OF_MEMORY = "out of memory: lower train.batch_size, eval.nelbo_batch or sample.batch (--set KEY=VALUE)"
+
+
+def _is_out_of_memory(exc: RuntimeError) -> bool:
+    text = str(exc).lower()
+    return type(exc).__name__ == "OutOfMemoryError" or "out of memory" in text or "can't allocate memory" in text
 
 
 def _silence_stdout() -> None:
@@ -70,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--accelerator", choices=["cpu", "gpu", "cuda", "mps", "auto"])
     t.add_argument("--devices", help="number of devices (or 'auto')")
     t.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    t.add_argument("--print-recipe", action="store_true",
+                   help="check the recipe, its data and model, print the resolved recipe and exit (nothing is written)")
     mode = t.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="continue an existing run from its last checkpoint")
     mode.add_argument("--overwrite", action="store_true", help="replace an existing run directory")
@@ -155,8 +173,18 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .pipeline import train
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    if args.print_recipe:
+        from .pipeline import resolved_recipe_text
+
+        if args.compare_to or args.resume or args.overwrite:
+            raise UserError("--print-recipe shows the recipe of one new run: drop --compare-to, --resume and --overwrite")
+        print(resolved_recipe_text(args.recipe, schedule=args.schedule, overrides=_overrides(args)), end="")
+        return 0
     train(args.recipe, schedule=args.schedule, overrides=_overrides(args), out=args.out, mode=mode, compare_to=args.compare_to)
     return 0
+
+
+MAX_SEEDS = 100  # a comparison trains every schedule this many times
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -164,8 +192,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .plans import parse_schedules
     from .recipe import load_recipe_file, resolve
 
-    if args.seeds < 1:
-        raise UserError(f"--seeds must be >= 1, got {args.seeds}")
+    if not 1 <= args.seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds must be between 1 and {MAX_SEEDS}, got {args.seeds}")
     raw = load_recipe_file(args.recipe)
     overrides = _overrides(args)
     recipe = resolve(raw, args.recipe, [o for o in overrides if not o.strip().startswith("schedule.")])
@@ -215,6 +243,7 @@ def cmd_schedule_show(args: argparse.Namespace) -> int:
     from .schedules.io import load_schedule_file
 
     loaded = load_schedule_file(args.file)
+    _plot_path(Path(args.file), args.output)  # a bad -o fails before anything is printed
     t, meta = loaded.table, loaded.meta
     u, cdf = np.asarray(t.u), np.asarray(t.cdf)
     quant = {q: float(np.exp(np.interp(q, cdf, u))) for q in (0.05, 0.5, 0.95)}
@@ -223,13 +252,27 @@ def cmd_schedule_show(args: argparse.Namespace) -> int:
     print(f"  density peaks at σ = {density_peak(t):.4g}; σ quantiles 5% {quant[0.05]:.4g} · 50% {quant[0.5]:.4g} · 95% {quant[0.95]:.4g}")
     for note in t.notes:
         print(f"  {note}")
-    out = Path(args.output) if args.output else Path(args.file).with_suffix(".png")
+    out = _plot_path(Path(args.file), args.output)
     try:
         plot_schedule(t, out)
     except OSError as exc:
         raise UserError(f"cannot write {out} ({exc.strerror}); pass -o PATH.png") from None
     print(f"  plot: {out}")
     return 0
+
+
+def _plot_path(source: Path, output: Optional[str]) -> Path:
+    """Where ``schedule show`` plots: -o, or SOURCE with .png for its suffix (SOURCE.png when the
+    source itself ends in .png). Never the schedule file itself; a format matplotlib can write."""
+    from .report.plots import check_plot_path
+
+    out = Path(output) if output else source.with_suffix(".png")
+    if out.suffix.lower() == ".png" and not output and out == source:
+        out = source.with_name(source.name + ".png")
+    if out.resolve() == source.resolve():
+        raise UserError(f"-o {out}: that is the schedule file being shown; plot to another path")
+    check_plot_path(out)
+    return out
 
 
 def cmd_schedule_export(args: argparse.Namespace) -> int:

@@ -1,8 +1,11 @@
 """Errors that reach the user as one line and exit status 2."""
 
 
-class UserError(Exception):
-    """Bad input: a malformed recipe, unknown name, corrupt file, missing dataset, diverged run.
+class UserError(ValueError):
+    """Bad input: a malformed recipe, unknown name, corrupt file, missing dataset, diverged run, or
+    a bad argument to one of the library's public functions (make_schedule, load_schedule, a
+    schedule's sample/observe, the parameterizations, the interop helpers): the one error type they
+    raise for what a caller passed. It is a ValueError, so ``except ValueError`` catches it too.
 
     The CLI prints ``multidiff: error: <message>`` on one line and exits with status 2. The message
     must name what is wrong (the file, field, flag or value), never rely on a traceback.

@@ -26,13 +26,26 @@ def _temporary_next_to(path: Path) -> Iterator[Path]:
     """A fresh temporary path in path's folder; removed if the block fails before renaming it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    try:  # mkstemp makes it private (0600); the file it becomes gets the mode any new file gets
+        os.fchmod(fd, _target_mode(path))
+    finally:
+        os.close(fd)
     tmp = Path(name)
     try:
         yield tmp
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _target_mode(path: Path) -> int:
+    """The replaced file's own mode, or what ``open()`` would give a new file (0666 less the umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def atomic_write(path: str | os.PathLike, writer: Callable[[Path], Any]) -> Path:
@@ -69,11 +82,13 @@ class RunLock:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
         self._fd: Optional[int] = None
+        self._made_directory = False
 
     def acquire(self) -> "RunLock":
         import fcntl
 
         try:
+            self._made_directory = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
@@ -94,9 +109,16 @@ class RunLock:
         return self
 
     def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor drops the flock
-            self._fd = None
+        """Drop the lock; a directory this lock created and nothing else wrote into goes too (a
+        refused or failed command leaves no folder behind)."""
+        if self._fd is None:
+            return
+        if self._made_directory and not has_content(self.directory):
+            with contextlib.suppress(OSError):
+                self.path.unlink()
+                self.directory.rmdir()
+        os.close(self._fd)  # closing the descriptor drops the flock
+        self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()

@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import UserError
+
 Grid = Union[Tensor, Sequence[float]]
 
 #: EDMEulerScheduler's defaults (σ_min, σ_max, ρ), also the CLI's for ``--format diffusers-edm``
@@ -43,10 +45,10 @@ def as_grid(sigmas: Grid) -> Tensor:
     σ's strictly decreasing, then 0."""
     grid = torch.as_tensor(sigmas, dtype=torch.float32).flatten().cpu()
     if grid.numel() < 2 or float(grid[-1]) != 0.0:
-        raise ValueError("a multidiff σ grid has K >= 1 descending σ's followed by 0.0")
+        raise UserError("a multidiff σ grid has K >= 1 descending σ's followed by 0.0")
     head = grid[:-1]
     if not bool((head > 0).all()) or not bool((head.diff() < 0).all()) or not bool(torch.isfinite(head).all()):
-        raise ValueError("the σ's of a grid must be finite, positive and strictly decreasing")
+        raise UserError("the σ's of a grid must be finite, positive and strictly decreasing")
     return grid
 
 
@@ -81,7 +83,7 @@ def for_diffusers_edm(sigmas: Grid, sigma_min: float = EDM_DEFAULTS[0], sigma_ma
     few ulps. The final 0 is left out: the scheduler appends it.
     """
     if not 0 < sigma_min < sigma_max or not rho > 0:
-        raise ValueError(f"need 0 < sigma_min < sigma_max and rho > 0, got {sigma_min}, {sigma_max}, {rho}")
+        raise UserError(f"need 0 < sigma_min < sigma_max and rho > 0, got {sigma_min}, {sigma_max}, {rho}")
     head = as_grid(sigmas)[:-1].double()  # float64 like the scheduler, so the σ's come back as they went in
     lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
     return ((head ** (1 / rho) - hi) / (lo - hi)).tolist()
@@ -122,9 +124,9 @@ def _apply_heun(scheduler: Any, grid: Tensor) -> None:
 def _apply_edm(scheduler: Any, grid: Tensor) -> None:
     cfg = scheduler.config
     if cfg.sigma_schedule != "karras":  # the exponential schedule uses only the ramp's length
-        raise ValueError("EDMEulerScheduler follows a given grid only with sigma_schedule='karras'")
+        raise UserError("EDMEulerScheduler follows a given grid only with sigma_schedule='karras'")
     if cfg.final_sigmas_type != "zero":
-        raise ValueError("EDMEulerScheduler follows a multidiff grid only with final_sigmas_type='zero'")
+        raise UserError("EDMEulerScheduler follows a multidiff grid only with final_sigmas_type='zero'")
     ramp = for_diffusers_edm(grid, cfg.sigma_min, cfg.sigma_max, cfg.rho)
     scheduler.set_timesteps(num_inference_steps=len(ramp), sigmas=torch.tensor(ramp, dtype=torch.float64))
 
@@ -152,5 +154,5 @@ def apply_to_scheduler(scheduler: Any, sigmas: Grid) -> Any:
             _APPLY[cls.__name__](scheduler, grid)
             scheduler.set_begin_index(0)
             return scheduler
-    raise TypeError(f"apply_to_scheduler supports {', '.join(_APPLY)}; got {type(scheduler).__name__}")
+    raise UserError(f"apply_to_scheduler supports {', '.join(_APPLY)}; got {type(scheduler).__name__}")
 

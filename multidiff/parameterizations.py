@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import UserError
+
 TARGETS = ("x0", "eps", "v", "velocity", "F")
 
 Number = Union[float, Tensor]
@@ -50,8 +52,8 @@ class Parameterization:
     has_native = True
 
     def __init__(self, sigma_data: float = 1.0) -> None:
-        if not sigma_data > 0:
-            raise ValueError(f"sigma_data must be positive, got {sigma_data}")
+        if not (isinstance(sigma_data, (int, float)) and 0 < sigma_data < math.inf):
+            raise UserError(f"sigma_data must be a positive finite number, got {sigma_data!r}")
         self.sigma_data = float(sigma_data)
 
     # ---- the noise variable -------------------------------------------------------------------
@@ -94,7 +96,7 @@ class Parameterization:
         if target == "F":
             d2 = self.sigma_data**2
             return s2 * d2 / (s2 + d2)
-        raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        raise UserError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
 
     def x0_weight(self, target: str) -> Callable[[Tensor], Tensor]:
         """The loss weight, in x0 terms, of an unweighted ``target`` MSE: w(σ) = 1 / x0_factor(σ)
@@ -111,8 +113,11 @@ class Parameterization:
         from .schedules.api import make_schedule
 
         if target not in TARGETS:
-            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
-        lo, hi = sigma_range or self.sigma_range()
+            raise UserError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+        try:
+            lo, hi = sigma_range or self.sigma_range()
+        except OverflowError:
+            raise UserError(f"{self.name}: the range of its noise variable reaches a σ beyond float range; narrow it") from None
         w = weighting or self.x0_weight(target)
         native = self.native_density if self.has_native else None
         if native is not None and "base" not in params and _warms_up(name):
@@ -194,7 +199,7 @@ class VPTime(Parameterization):
                  t_min: float = 1e-4, t_max: float = 1 - 1e-4) -> None:  # fmt: skip
         super().__init__(sigma_data)
         if kind not in ("cosine", "linear"):
-            raise ValueError(f"kind must be cosine or linear, got {kind!r}")
+            raise UserError(f"kind must be cosine or linear, got {kind!r}")
         self.kind, self.beta = kind, (float(beta_min), float(beta_max))
         self.t_range = (float(t_min), float(t_max))
 
@@ -259,13 +264,17 @@ class DDPM(Parameterization):
         super().__init__(sigma_data)
         a = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten().cpu()
         if a.numel() < 2 or not bool(((a > 0) & (a < 1)).all()) or not bool((a.diff() < 0).all()):
-            raise ValueError("alphas_cumprod must decrease strictly within (0, 1)")
+            raise UserError("alphas_cumprod must decrease strictly within (0, 1)")
         self.alphas_cumprod = a
         self.lams = torch.log(a / (1 - a)) + 2 * math.log(self.sigma_data)  # decreasing in k
         self._mids = (self.lams[1:] + self.lams[:-1]) / 2
 
     def logsnr(self, t: Any) -> Tensor:
-        k = _t(t).long().cpu()
+        t = _t(t).cpu()
+        k = t.long()
+        T = self.lams.numel()
+        if t.is_floating_point() and not bool((t == k).all()) or not bool(((k >= 0) & (k < T)).all()):
+            raise UserError(f"DDPM timesteps must be integers in 0 … {T - 1}, got values from {float(t.min()):g} to {float(t.max()):g}")
         return self.lams[k]
 
     def from_logsnr(self, lam: Tensor) -> Tensor:
@@ -312,7 +321,7 @@ class LoopSchedule:
 
     def __init__(self, schedule: Any, parameterization: Parameterization, target: str) -> None:
         if target not in TARGETS:
-            raise ValueError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
+            raise UserError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
         self.schedule, self.p, self.target = schedule, parameterization, target
 
     @property

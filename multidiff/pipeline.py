@@ -40,14 +40,17 @@ from .recipe import (
     dump,
     flatten,
     load_recipe_file,
+    read_text,
     resolve,
     schedule_specs,
     sections,
     select_schedule,
 )
+from .runfiles import read_step_rows, snapshot_step
 from .schedules.base import Schedule, ScheduleContext
 from .schedules.io import load_schedule_file
 from .schedules.registry import REGISTRY, build_schedule, is_schedule_file, make_params
+from .textdata import parse_json
 
 CHECKPOINT = "last.ckpt"
 
@@ -273,16 +276,46 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def load_weights(setup: Setup, path: Path) -> int:
     """Load a checkpoint's EMA weights (Lightning's weight averaging stores them as ``state_dict``)
-    and the schedule's state into ``setup``; returns its step."""
+    and the schedule's state into ``setup``; returns its step. A checkpoint trained under another
+    recipe (an edited recipe.yaml) is refused rather than evaluated under the wrong schedule."""
     ckpt = read_checkpoint(path)
+    check_checkpoint_recipe(setup, ckpt, path)
     state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
     try:
         setup.model.load_state_dict(state)
         if "multidiff" in ckpt:
             setup.schedule.load_state_dict(ckpt["multidiff"]["schedule"])
-    except (RuntimeError, KeyError) as exc:
+    except (RuntimeError, KeyError, TypeError, ValueError) as exc:
         raise UserError(f"checkpoint {path} does not fit the run's recipe ({str(exc).splitlines()[0][:160]})") from None
     return int(ckpt["global_step"])
+
+
+#: what may differ between a checkpoint's recipe and the recipe that evaluates or samples it: what a
+#: resume may change, and the evaluation and sampler settings (they do not touch the weights)
+REEVALUABLE_KEYS = RESUMABLE_KEYS | {"eval", "sample"}
+
+
+def check_checkpoint_recipe(setup: Setup, ckpt: dict[str, Any], path: Path, allowed: frozenset[str] = REEVALUABLE_KEYS) -> None:
+    """Refuse a checkpoint whose recorded recipe (or, in checkpoints that predate the record, whose
+    schedule state) does not match ``setup``'s."""
+    saved = ckpt.get("multidiff") or {}
+    recorded = saved.get("recipe")
+    where = Path(path).parent.parent / "recipe.yaml"
+    if isinstance(recorded, dict):
+        diff = differences(recorded, setup.recipe, allowed, known_defaults(setup.domain, setup.recipe))
+        if diff:
+            key = next((k for k in diff if k.rsplit(".", 1)[-1] == "name"), diff[0])  # a changed name explains the rest
+            was, now = flatten(recorded).get(key), flatten(setup.recipe).get(key)
+            raise UserError(f"{where} differs from the recipe checkpoint {path} was trained with at '{key}' (checkpoint: "
+                            f"{was!r}, recipe.yaml: {now!r}); put the run's recipe back, or train a new run")  # fmt: skip
+    elif "schedule" in saved and _state_shape(saved["schedule"]) != _state_shape(setup.schedule.state_dict()):
+        raise UserError(f"checkpoint {path} holds the state of another schedule than {where} names "
+                        f"({schedule_label(setup.recipe)}); put the run's recipe back, or train a new run")  # fmt: skip
+
+
+def _state_shape(state: Any) -> Any:
+    """The keys of a (nested) schedule state: two schedules of one kind have the same shape."""
+    return {k: _state_shape(v) for k, v in state.items()} if isinstance(state, dict) else None
 
 
 def read_run_recipe(run_dir: Path) -> dict[str, Any]:
@@ -366,10 +399,14 @@ def _decoded_samples(setup: Setup, model: Any, n: int, device: torch.device, **s
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(Path(path).read_text()) if Path(path).is_file() else {}
-    except ValueError:
+    """A run's JSON file ({} when absent); a damaged one is a one-line error naming it."""
+    path = Path(path)
+    if not path.is_file():
         return {}
+    data = parse_json(read_text(path, "run file"), f"run file {path}")
+    if not isinstance(data, dict):
+        raise UserError(f"run file {path} is damaged (not a JSON object); delete it and run `multidiff eval` to write it again")
+    return data
 
 
 def _record_timing(run_dir: Path, **values: float) -> None:
@@ -398,6 +435,12 @@ def sample_run(run_dir: Path, n: Optional[int], steps: Optional[int], sigmas: Op
                         "given modalities: use one of them")  # fmt: skip
     if guidance is not None and (guidance < 0 or not given):
         raise UserError(f"--guidance {guidance:g}: " + ("must be >= 0" if guidance < 0 else "guides conditional samples; add --given MODALITY=heldout|FILE"))
+    with RunLock(run_dir):  # one writer per run directory: not beside a training of it
+        return _sample_locked(run_dir, n, steps, sigmas, sampler, seed, given, only, guidance)
+
+
+def _sample_locked(run_dir: Path, n: Optional[int], steps: Optional[int], sigmas: Optional[str], sampler: Optional[str],
+                   seed: Optional[int], given: Optional[list[str]], only: Optional[str], guidance: Optional[float]) -> list[Path]:  # fmt: skip
     setup, _ = load_run(run_dir)
     s = setup.cfg.sample
     n, steps = n or s.n, steps or s.steps
@@ -423,8 +466,10 @@ def sample_run(run_dir: Path, n: Optional[int], steps: Optional[int], sigmas: Op
 
 def evaluate_existing(run_dir: Path) -> dict[str, Any]:
     """``multidiff eval``: recompute eval.json from the run's last checkpoint."""
-    setup = prepare(read_run_recipe(Path(run_dir)), Path(run_dir))
-    return evaluate_run(setup, Path(run_dir))
+    recipe = read_run_recipe(Path(run_dir))
+    with RunLock(run_dir):  # one writer per run directory: not beside a training of it
+        setup = prepare(recipe, Path(run_dir))
+        return evaluate_run(setup, Path(run_dir))
 
 
 # ---- training a run directory ----------------------------------------------------------------------
@@ -443,10 +488,6 @@ def check_device_settings(recipe: dict[str, Any]) -> None:
     check(recipe)
 
 
-def _checkpoint_step(path: Path) -> int:
-    return int(read_checkpoint(path)["global_step"])
-
-
 def train_run(plan: RunPlan, mode: str = "new", setup: Optional[Setup] = None) -> Optional[dict[str, Any]]:
     """Train one run directory and evaluate it; ``mode``: new | resume | overwrite | continue (resume
     if there is anything to resume, else start: what ``compare`` does). Returns eval.json's content
@@ -463,9 +504,15 @@ def train_run(plan: RunPlan, mode: str = "new", setup: Optional[Setup] = None) -
             raise UserError(f"run directory {run_dir} already exists; pass --resume to continue it, --overwrite to replace it, or --out DIR")
         if mode == "resume" and not stored_recipe.is_file():
             raise UserError(f"nothing to resume: {run_dir} holds no run (no recipe.yaml)")
+        if mode == "overwrite" and exists and not stored_recipe.is_file():
+            raise UserError(f"--overwrite: {run_dir} holds files but no multidiff run (no recipe.yaml); nothing was removed. "
+                            "Choose another --out, or empty it yourself")  # fmt: skip
     resuming = mode == "resume"
     ckpt = run_dir / "checkpoints" / CHECKPOINT
-    start_step = _checkpoint_step(ckpt) if resuming and ckpt.is_file() else 0  # a damaged checkpoint fails here
+    if resuming and not ckpt.is_file():
+        _refuse_lost_checkpoint(ckpt)
+    saved = read_checkpoint(ckpt) if resuming and ckpt.is_file() else None  # a damaged checkpoint fails here
+    start_step = int(saved["global_step"]) if saved else 0
     if setup is None:
         setup = prepare(plan.recipe, run_dir if resuming else None)
     if resuming and primary:
@@ -475,6 +522,12 @@ def train_run(plan: RunPlan, mode: str = "new", setup: Optional[Setup] = None) -
             was, now = flatten(stored).get(diff[0]), flatten(setup.recipe).get(diff[0])
             raise UserError(f"--resume: {stored_recipe} differs at '{diff[0]}' (run: {was!r}, now: {now!r}); resume with the "
                             f"run's own recipe and flags (only {', '.join(sorted(k.split('.', 1)[1] for k in RESUMABLE_KEYS))} may change)")  # fmt: skip
+        if saved is not None:
+            check_checkpoint_recipe(setup, saved, ckpt, allowed=RESUMABLE_KEYS)
+        if start_step > setup.cfg.train.max_steps:
+            raise UserError(f"--resume: {run_dir} is already at step {start_step}, past train.max_steps "
+                            f"{setup.cfg.train.max_steps}; nothing was changed (use --max-steps {start_step} or more)")  # fmt: skip
+        validate_run_files(run_dir)
     if primary:
         check_device_settings(setup.recipe)
     lock = RunLock(run_dir).acquire() if primary else None
@@ -502,6 +555,28 @@ def train_run(plan: RunPlan, mode: str = "new", setup: Optional[Setup] = None) -
             lock.release()
 
 
+def _refuse_lost_checkpoint(ckpt: Path) -> None:
+    """``--resume`` without last.ckpt: from scratch only when nothing was ever checkpointed (a run
+    stopped before its first checkpoint); otherwise say which checkpoint to resume from."""
+    steps = sorted(ckpt.parent.glob("step*.ckpt"))
+    if steps:
+        raise UserError(f"--resume: {ckpt} is missing but {steps[-1].name} is there; nothing was changed. Copy it to "
+                        f"{ckpt.name} to resume from its step, or pass --overwrite to start again")  # fmt: skip
+
+
+def validate_run_files(run_dir: Path) -> None:
+    """Read every run file a resume reads or rewrites, so a damaged one is named before anything
+    changes (never mid-way through training)."""
+    for name in ("metrics.csv", "schedule_history/refreshes.csv"):
+        path = run_dir / name
+        if path.is_file():
+            read_step_rows(path)
+    for name in ("timing.json", "eval.json"):
+        _read_json(run_dir / name)
+    for path in schedule_files(run_dir).values():
+        load_schedule_file(path)
+
+
 def _write_run_files(setup: Setup, run_dir: Path, fresh: bool) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -513,24 +588,23 @@ def _write_run_files(setup: Setup, run_dir: Path, fresh: bool) -> None:
 
 
 def _truncate_history(run_dir: Path, step: int) -> None:
-    """A resumed run repeats the steps after its checkpoint: drop what they already wrote."""
+    """A resumed run repeats the steps after its checkpoint: drop what they already wrote (files in
+    schedule_history/ that are not the run's own snapshots stay untouched)."""
     import csv
+    import io
 
     history = run_dir / "schedule_history"
     path = history / "refreshes.csv"
     if path.is_file():
-        with path.open(newline="") as f:
-            reader = csv.DictReader(f)
-            fields, rows = reader.fieldnames or [], [r for r in reader if int(float(r["step"])) <= step]
-        import io
-
+        fields, rows = read_step_rows(path)
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=fields)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows(row for row_step, row in rows if row_step <= step)
         atomic_write_text(path, buf.getvalue())
     for snap in history.glob("step*.json"):
-        if int(snap.name[4:11]) > step:  # stepNNNNNNN.json or stepNNNNNNN.<modality>.json
+        at = snapshot_step(snap.name)
+        if at is not None and at > step:
             snap.unlink()
     if step == 0:
         (run_dir / "metrics.csv").unlink(missing_ok=True)
@@ -567,6 +641,18 @@ def _print_summary(setup: Setup, run_dir: Path, result: dict[str, Any]) -> None:
 
 
 # ---- the commands ---------------------------------------------------------------------------------
+
+
+def resolved_recipe_text(recipe_path: str, *, schedule: Optional[str], overrides: list[str]) -> str:
+    """``multidiff train --print-recipe``: the recipe a run would record in recipe.yaml, after the
+    checks a run makes before its directory exists (data loaded, model and schedule built, devices
+    probed; σ_data measured). Nothing is written."""
+    raw = load_recipe_file(recipe_path)
+    if schedule:
+        raw = select_schedule(raw, schedule)
+    setup = prepare(resolve(raw, recipe_path, overrides), metrics=False)
+    check_device_settings(setup.recipe)
+    return dump(setup.recipe)
 
 
 def train(recipe_path: str, *, schedule: Optional[str], overrides: list[str], out: Optional[str], mode: str,

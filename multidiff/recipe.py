@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,22 +18,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .errors import UserError
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML that also reads 1e-3 as a float (YAML 1.1 wants 1.0e-3; users write 1e-3)."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
-
-
-def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
-
+from .textdata import parse_yaml  # the bounded loader every recipe and --set value goes through
 
 # ---- the typed sections ---------------------------------------------------------------------------
 
@@ -135,27 +119,49 @@ RESUMABLE_KEYS = frozenset({
     "train.logger", "train.compile", "train.lr",
 })  # fmt: skip
 
-# value checks beyond the type: (predicate, what the value must be)
+#: seeds (the recipe's, the NELBO's, the sampler's) stay below this, so every seed derived from them
+#: (seed + k for k seeds, sample seeds, per-step generators) fits what numpy and scikit-learn accept
+MAX_SEED = 2**30
+_COUNT = 10**9  # steps and step intervals
+_BATCH = 2**16  # examples in one batch
+_SAMPLES = 10**6  # examples evaluated or generated in one run
+_SIGMA = (1e-6, 1e6)  # σ's outside it underflow or overflow σ² in float32
+
+
+def _between(lo: float, hi: float) -> tuple[Any, str]:
+    return (lambda v: lo <= v <= hi, f"between {lo:g} and {hi:g}")
+
+
+def _is_sigma(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and _SIGMA[0] <= v <= _SIGMA[1]  # NaN fails too
+
+
+# value checks beyond the type: (predicate, what the value must be); every number is bounded by what
+# it feeds downstream, so a value that passes never overflows or fails to allocate later
 _CHECKS: dict[tuple[str, str], tuple[Any, str]] = {
-    **{k: (lambda v: v > 0, "> 0") for k in [
-        ("diffusion", "sigma_min"), ("diffusion", "sigma_max"), ("train", "max_steps"), ("train", "batch_size"),
-        ("train", "lr"), ("train", "eval_every"), ("train", "checkpoint_every"), ("train", "log_every"),
-        ("eval", "nelbo_examples"), ("eval", "nelbo_nodes"), ("eval", "nelbo_batch"), ("eval", "quality_samples"),
-        ("eval", "quality_seeds"), ("sample", "n"), ("sample", "steps"), ("sample", "batch"), ("sample", "rho"),
-    ]},  # fmt: skip
-    ("diffusion", "sigma_data"): (lambda v: v is None or (all(isinstance(x, (int, float)) and x > 0 for x in v.values())
-                                                            if isinstance(v, dict) else v > 0), "> 0, one positive number per modality, or null"),
+    ("diffusion", "sigma_min"): _between(*_SIGMA), ("diffusion", "sigma_max"): _between(*_SIGMA),
+    ("train", "max_steps"): _between(1, _COUNT), ("train", "eval_every"): _between(1, _COUNT),
+    ("train", "checkpoint_every"): _between(1, _COUNT), ("train", "log_every"): _between(1, _COUNT),
+    ("train", "lr_warmup"): _between(0, _COUNT), ("train", "batch_size"): _between(1, _BATCH),
+    ("train", "lr"): (lambda v: v > 0, "> 0"),  # too large diverges, which training reports in one line
+    ("eval", "nelbo_examples"): _between(1, _SAMPLES), ("eval", "nelbo_nodes"): _between(1, 4096),
+    ("eval", "nelbo_batch"): _between(1, _BATCH), ("eval", "nelbo_seed"): _between(0, MAX_SEED),
+    ("eval", "quality_samples"): (lambda v: 2 <= v <= _SAMPLES, f"between 2 (a distance between sample sets needs two) and {_SAMPLES:g}"),
+    ("eval", "quality_seeds"): _between(1, 100),
+    ("sample", "n"): _between(1, _SAMPLES), ("sample", "steps"): _between(1, 10_000), ("sample", "batch"): _between(1, _BATCH),
+    ("sample", "rho"): (lambda v: 0 < v <= 1000, "> 0 and at most 1000"), ("sample", "seed"): _between(0, MAX_SEED),
+    ("diffusion", "sigma_data"): (lambda v: v is None or (all(_is_sigma(x) for x in v.values()) if isinstance(v, dict) else _is_sigma(v)),
+                                  f"between {_SIGMA[0]:g} and {_SIGMA[1]:g}, one such number per modality, or null"),
     ("diffusion", "weighting"): (lambda v: v in ("edm", "snr", "uniform"), "edm, snr or uniform"),
-    ("train", "lr_warmup"): (lambda v: v >= 0, ">= 0"),
     ("train", "weight_decay"): (lambda v: v >= 0, ">= 0"),
     ("train", "grad_clip"): (lambda v: v is None or v > 0, "> 0 or null"),
     ("train", "ema_decay"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("train", "strategy"): (lambda v: v in ("auto", "ddp", "fsdp"), "auto, ddp or fsdp"),
-    ("eval", "quality_every"): (lambda v: v is None or v >= 0, ">= 0 or null"),
-    ("eval", "nelbo_sigma_min"): (lambda v: v is None or v > 0, "> 0 or null"),
+    ("eval", "quality_every"): (lambda v: v is None or 0 <= v <= _COUNT, f">= 0 and at most {_COUNT:g}, or null"),
+    ("eval", "nelbo_sigma_min"): (lambda v: v is None or _is_sigma(v), f"between {_SIGMA[0]:g} and {_SIGMA[1]:g}, or null"),
     ("sample", "sampler"): (lambda v: v in ("heun", "euler"), "heun or euler"),
-    ("sample", "churn"): (lambda v: v >= 0, ">= 0"),
-    ("sample", "guidance"): (lambda v: v >= 0, ">= 0"),
+    ("sample", "churn"): (lambda v: 0 <= v <= 1000, "between 0 and 1000"),
+    ("sample", "guidance"): (lambda v: 0 <= v <= 1000, "between 0 and 1000"),
     ("sample", "grid_mix"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("sample", "sigmas"): (lambda v: v in ("karras", "loguniform", "learned") or v.endswith(".json"),
                            "karras, loguniform, learned or a schedule file (.json)"),
@@ -209,7 +215,7 @@ def load_recipe_file(path: str | Path, what: str = "recipe") -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"{what} {path} not found")
     try:
-        raw = parse_yaml(read_text(path, what))
+        raw = parse_yaml(read_text(path, what), f"{what} {path}")
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         at = f" at line {where.line + 1}" if where is not None else ""
@@ -257,8 +263,9 @@ def resolve(raw: dict[str, Any], source: str, overrides: list[str] | None = None
     q, every = recipe["eval"]["quality_every"], recipe["train"]["eval_every"]
     if q and q % every:
         raise UserError(f"recipe {source}: eval.quality_every ({q}) must be a multiple of train.eval_every ({every}): quality is measured at validation points")
-    if not isinstance(recipe["seed"], int) or isinstance(recipe["seed"], bool):
-        raise UserError(f"recipe {source}: 'seed' must be an integer")
+    seed = recipe["seed"]
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"recipe {source}: 'seed' must be an integer between 0 and {MAX_SEED}, got {seed!r}")
     for key, spec in schedule_specs(recipe).items():
         where = f"schedule.{key}." if key else "schedule."
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
@@ -282,7 +289,7 @@ def apply_override(recipe: dict[str, Any], item: str) -> None:
     key, text = item.split("=", 1)
     parts = key.strip().split(".")
     try:
-        value = parse_yaml(text) if text.strip() else None
+        value = parse_yaml(text, f"--set {key}") if text.strip() else None
     except yaml.YAMLError:
         value = text
     if len(parts) == 1:

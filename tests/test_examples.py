@@ -169,7 +169,7 @@ def test_conversions_and_their_errors(diffusers_schedulers):
         interop.for_diffusers_euler([2.0, 1.0])  # no final 0
     from diffusers import DDPMScheduler
 
-    with pytest.raises(TypeError, match="supports"):
+    with pytest.raises(multidiff.UserError, match="supports"):
         interop.apply_to_scheduler(DDPMScheduler(), sigmas)
     with pytest.raises(ValueError, match="karras"):
         interop.apply_to_scheduler(diffusers_schedulers[2](sigma_schedule="exponential"), sigmas)

@@ -27,6 +27,7 @@ from ..errors import UserError
 from ..files import atomic_torch_save
 from ..metrics.features import cache_root
 from ..nets.autoencoder import psnr
+from ..textdata import parse_json
 from .autoencoders import Autoencoder, tensor_fingerprint
 
 NORM_MODES = ("channel", "global", "none")
@@ -97,9 +98,11 @@ class LatentNorm:
     def load(cls, path: Path, channels: int) -> "LatentNorm":
         """Read a run's saved statistics; UserError naming the file and field when they are unusable."""
         try:
-            doc = json.loads(Path(path).read_text())
+            doc = parse_json(Path(path).read_text(), str(path))
         except (OSError, ValueError) as exc:
             raise UserError(f"{path}: cannot read latent normalization ({exc})") from None
+        if not isinstance(doc, dict):
+            raise UserError(f"{path}: latent normalization must be a JSON object")
         for name in ("mode", "shift", "scale"):
             if name not in doc:
                 raise UserError(f"{path}: missing field '{name}'")

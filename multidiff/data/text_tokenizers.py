@@ -18,6 +18,7 @@ from typing import Iterable, Protocol, Sequence
 import numpy as np
 
 from ..errors import UserError
+from ..textdata import parse_json
 
 CHAR_FORMAT = "multidiff.char_tokenizer"
 UNKNOWN_CHAR = "\ufffd"
@@ -126,8 +127,8 @@ def load_tokenizer(path: str | Path) -> TextTokenizer:
     if not path.is_file():
         raise UserError(f"data.tokenizer: tokenizer file {path} not found")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raw = parse_json(path.read_text(), str(path))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise UserError(f"data.tokenizer: {path} is not a JSON tokenizer file ({exc})") from None
     if isinstance(raw, dict) and raw.get("format") == CHAR_FORMAT:
         chars = raw.get("chars")

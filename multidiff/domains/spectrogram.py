@@ -26,6 +26,7 @@ from ..errors import UserError
 from ..metrics.features import ClassifierScore
 from ..nets.unet import UNET_DEFAULTS, UNET_RULES, unet_from_config
 from ..settings import SPLIT_RULES, choice, integer, number, text
+from ..textdata import parse_json
 from .base import Domain, DomainData
 from .grids import save_grid_png
 from .logmel import LogMel, MelSettings
@@ -319,7 +320,7 @@ def write_stats(path: Path, stats: dict[str, Tensor], dataset: str) -> None:
 def read_stats(path: Path, n_mels: int) -> dict[str, Tensor]:
     """The statistics a run saved; UserError naming the file and field if they do not fit."""
     try:
-        record = json.loads(Path(path).read_text())
+        record = parse_json(Path(path).read_text(), str(path))
     except (OSError, ValueError) as exc:
         raise UserError(f"{path}: cannot read the spectrogram statistics ({exc})") from None
     out = {}

@@ -16,6 +16,17 @@ from ..schedules.base import ScheduleContext, ScheduleTable  # noqa: E402
 from ..schedules.fixed import LogNormal  # noqa: E402
 
 
+def check_plot_path(path: Path) -> None:
+    """Refuse a plot path whose suffix names no format matplotlib can write (it picks the format from it)."""
+    from ..errors import UserError
+
+    formats = plt.figure().canvas.get_supported_filetypes()
+    plt.close("all")
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise UserError(f"cannot plot to {path}: choose a suffix matplotlib writes ({', '.join(sorted(formats))})")
+
+
 def edm_density(sigma_min: float, sigma_max: float, u: np.ndarray) -> np.ndarray:
     """EDM's log-normal training density on the same σ range, per unit ln σ."""
     edm = LogNormal(ScheduleContext(sigma_min, sigma_max))

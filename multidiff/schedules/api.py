@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Union
 
 from torch import Tensor
 
+from ..errors import UserError
 from .base import Schedule, ScheduleContext
 
 Weighting = Union[str, Callable[[Tensor], Tensor]]
@@ -42,20 +43,22 @@ def make_schedule(name: str, *, sigma_min: float, sigma_max: float, sigma_data: 
     elif callable(weighting):
         fn, label = weighting, weighting_name or "custom"
     else:
-        raise TypeError(f"weighting must be one of {', '.join(WEIGHTINGS)} or a function of σ, got {weighting!r}")
+        raise UserError(f"weighting must be one of {', '.join(WEIGHTINGS)} or a function of σ, got {weighting!r}")
     ctx = ScheduleContext(float(sigma_min), float(sigma_max), float(sigma_data), fn, label, native)
     return build_schedule(name, params, ctx)
 
 
 def load_schedule(path: Union[str, Path], weighting: Optional[Weighting] = None) -> Schedule:
     """A schedule file as a frozen schedule (its σ range and σ_data as recorded)."""
-    from ..diffusion.weighting import get_weighting
+    from ..diffusion.weighting import WEIGHTINGS, get_weighting
     from .io import load_schedule_file
     from .tabulated import TabulatedSchedule
 
     loaded = load_schedule_file(path)
     t, meta = loaded.table, loaded.meta
     sigma_data = float(meta.get("sigma_data") or 1.0)
+    if isinstance(weighting, str) and weighting not in WEIGHTINGS:
+        raise UserError(f"weighting {weighting!r}: choose one of {', '.join(WEIGHTINGS)}, or pass a function of σ")
     name = weighting if isinstance(weighting, str) else meta.get("weighting")
     fn = weighting if callable(weighting) else get_weighting(name, sigma_data) if name in ("edm", "snr", "uniform") else None
     ctx = ScheduleContext(t.sigma_min, t.sigma_max, sigma_data, fn, name if isinstance(name, str) else None)

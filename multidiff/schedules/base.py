@@ -21,6 +21,8 @@ from torch import Tensor
 from ..errors import UserError
 
 WeightFn = Callable[[Tensor], Tensor]
+#: the σ's a schedule may cover: σ and σ² stay finite and normal in float32 at both ends
+SIGMA_BOUNDS = (1e-12, 1e12)
 
 
 @dataclass(frozen=True)
@@ -42,11 +44,12 @@ class ScheduleContext:
     native: Optional[Callable[["ScheduleContext"], "Schedule"]] = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if not (0 < self.sigma_min < self.sigma_max) or not math.isfinite(self.sigma_max):
-            raise UserError(
-                f"sigma range must satisfy 0 < sigma_min < sigma_max < inf, got "
-                f"[{self.sigma_min}, {self.sigma_max}]"
-            )
+        lo, hi = SIGMA_BOUNDS
+        if not (lo <= self.sigma_min < self.sigma_max <= hi):  # NaN fails too
+            raise UserError(f"sigma range must satisfy {lo:g} <= sigma_min < sigma_max <= {hi:g} (σ² stays finite "
+                            f"in float32), got [{self.sigma_min}, {self.sigma_max}]")  # fmt: skip
+        if not (isinstance(self.sigma_data, (int, float)) and 0 < self.sigma_data < math.inf):
+            raise UserError(f"sigma_data must be a positive finite number, got {self.sigma_data!r}")
 
     @property
     def u_min(self) -> float:

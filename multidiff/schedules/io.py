@@ -13,6 +13,7 @@ import numpy as np
 from .. import __version__
 from ..errors import UserError
 from ..files import atomic_write_text
+from ..textdata import parse_json
 from .base import ScheduleTable
 
 FORMAT = "multidiff.schedule"
@@ -67,11 +68,10 @@ def load_schedule_file(path: str | os.PathLike) -> ScheduleFile:
     if not path.is_file():
         raise UserError(f"schedule file {name} not found")
     try:
-        data = json.loads(path.read_text(), parse_constant=_reject_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"schedule file {name} is not valid JSON ({exc})") from None
-    except ValueError as exc:  # NaN/Infinity literals
-        raise UserError(f"schedule file {name}: {exc}") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"schedule file {name} is not UTF-8 text ({exc.reason})") from None
+    data = parse_json(text, f"schedule file {name}")  # bounded; NaN/Infinity literals and duplicate keys refused
     if not isinstance(data, dict):
         raise UserError(f"schedule file {name}: top level must be a JSON object")
     if data.get("format") != FORMAT:
@@ -188,10 +188,6 @@ def _gated_rate(profile: dict[str, Any], gate: dict[str, Any], smin: float, smax
     if u[-1] < hi:
         u, info = np.r_[u, hi], np.r_[info, info[-1]]
     return {"u": u.tolist(), "density": info.tolist()}
-
-
-def _reject_constant(token: str) -> Any:
-    raise ValueError(f"non-finite number {token} is not allowed")
 
 
 def _positive(name: str, data: dict, key: str, prefix: str = "") -> float:

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..errors import NonFiniteLossError
+from ..errors import NonFiniteLossError, UserError
 from .base import Probe, Schedule, ScheduleContext, ScheduleTable, all_reduce_sum_, keep_on_rank0_, merge_into_rank0_, process_rank
 from .tabulated import TabulatedDensity
 
@@ -36,6 +36,7 @@ class BinnedStats:
         self.centers = 0.5 * (self.edges[:-1] + self.edges[1:])
         self.sums = torch.zeros(self.bins)
         self.counts = torch.zeros(self.bins)
+        self.rejected: Optional[Tensor] = None  # bad observations on an accelerator, refused at the next refresh
 
     def to(self, device: torch.device) -> "BinnedStats":
         self.sums, self.counts = self.sums.to(device), self.counts.to(device)
@@ -47,8 +48,22 @@ class BinnedStats:
         u = sigma.detach().float().log()
         k = ((u - self.ctx.u_min) * (K / (self.ctx.u_max - self.ctx.u_min))).long().clamp(0, K - 1)
         w = torch.ones_like(u) if mask is None else mask.detach().float()
+        self._check(sigma, values, w)
         self.sums.index_add_(0, k, values.detach().float() * w)
         self.counts.index_add_(0, k, w)
+
+    def _check(self, sigma: Tensor, values: Tensor, w: Tensor) -> None:
+        """σ must be finite and > 0, the observed value not negative (NaN is a diverged model, which
+        :meth:`consume` reports). On the CPU a bad observation is refused at once; on an accelerator
+        it is counted on the device (no host sync per step) and refused at the next refresh."""
+        bad = (w > 0) & ~(torch.isfinite(sigma.detach()) & (sigma.detach() > 0) & ~(values.detach() < 0))
+        if bad.device.type == "cpu":
+            if bool(bad.any()):
+                raise UserError(_bad_observation(sigma[bad], values[bad]))
+            return
+        if self.rejected is None:
+            self.rejected = torch.zeros((), device=bad.device)
+        self.rejected += bad.sum()
 
     def synchronize(self) -> None:
         """Merge every process's pending sums into rank 0 (before a checkpoint)."""
@@ -56,6 +71,9 @@ class BinnedStats:
 
     def consume(self, min_count: int, what: str, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(bin means, NaN where fewer than min_count samples; their counts, 0 there), after the all-reduce."""
+        if self.rejected is not None and bool(self.rejected > 0):
+            raise UserError(f"observe: {int(self.rejected)} example(s) since the last refresh had a σ that is not finite and "
+                            "> 0, or a negative error/loss")  # fmt: skip
         all_reduce_sum_(self.sums, self.counts)
         sums, counts = self.sums.double().cpu().numpy(), self.counts.double().cpu().numpy()
         if not np.isfinite(sums).all():
@@ -74,6 +92,11 @@ class BinnedStats:
         self.sums = state["sums"].to(device, torch.float32).clone()
         self.counts = state["counts"].to(device, torch.float32).clone()
         keep_on_rank0_(self.sums, self.counts)  # rank 0's checkpoint holds everyone's pending statistics
+
+
+def _bad_observation(sigma: Tensor, values: Tensor) -> str:
+    return (f"observe: σ must be finite and > 0 and the error/loss >= 0; got σ = {float(sigma.flatten()[0]):g} with "
+            f"{float(values.flatten()[0]):g} ({sigma.numel()} such example(s))")  # fmt: skip
 
 
 def ema_fold(old: np.ndarray, new: np.ndarray, ema: float) -> np.ndarray:

@@ -68,7 +68,7 @@ def make_module(setup: Any):
     primary = setup.domain.nelbo_unit
     return DiffusionModule(
         setup.model, setup.schedule, setup.weight, setup.cfg, setup.nelbo,
-        nelbo_count=units[primary], nelbo_extra_units={u: c for u, c in units.items() if u != primary},
+        nelbo_count=units[primary], nelbo_extra_units={u: c for u, c in units.items() if u != primary}, recipe=setup.recipe,
     )  # fmt: skip
 
 
@@ -157,11 +157,12 @@ def _prepare_metrics_for_resume(path: Path, step: int, logger: Any) -> None:
     Lightning's CSV writer deletes an existing metrics.csv when it is created, so the kept rows are
     read first, written back after the writer exists, and its header seeded so it appends.
     """
+    from ..runfiles import read_step_rows
+
     if not path.is_file():
         return
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        fields, rows = list(reader.fieldnames or []), [row for row in reader if int(float(row["step"])) < step]
+    fields, stepped = read_step_rows(path)
+    rows = [row for row_step, row in stepped if row_step < step]
     logger.experiment  # noqa: B018 - creates the writer (and removes the file)
     with path.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)

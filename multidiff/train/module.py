@@ -33,6 +33,7 @@ class DiffusionModule(L.LightningModule):
         *,
         nelbo_count: float,
         nelbo_extra_units: Optional[dict[str, float]] = None,
+        recipe: Optional[dict[str, Any]] = None,
     ) -> None:
         super().__init__()
         self.model = model
@@ -45,6 +46,7 @@ class DiffusionModule(L.LightningModule):
         self.nelbo_count = nelbo_count  # units per example of the primary NELBO unit
         self.nelbo_extra_units = dict(nelbo_extra_units or {})  # unit → units per example (e.g. bits/char)
         self.first_bad_step = torch.tensor(-1)  # first step with a non-finite loss, kept on the device
+        self.recipe = recipe  # the resolved recipe, recorded in every checkpoint (eval and resume check it)
 
     def step_generator(self, step: int) -> torch.Generator:
         g = torch.Generator(device=self.device)
@@ -125,6 +127,8 @@ class DiffusionModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.schedule.synchronize()
         checkpoint["multidiff"] = {"schedule": self.schedule.state_dict(), "version": __version__}
+        if self.recipe is not None:
+            checkpoint["multidiff"]["recipe"] = self.recipe
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "multidiff" in checkpoint:
