@@ -243,7 +243,7 @@ def cmd_schedule_show(args: argparse.Namespace) -> int:
     from .schedules.io import load_schedule_file
 
     loaded = load_schedule_file(args.file)
-    _plot_path(Path(args.file), args.output)  # a bad -o fails before anything is printed
+    out = _plot_path(Path(args.file), args.output)  # a bad -o fails before anything is printed
     t, meta = loaded.table, loaded.meta
     u, cdf = np.asarray(t.u), np.asarray(t.cdf)
     quant = {q: float(np.exp(np.interp(q, cdf, u))) for q in (0.05, 0.5, 0.95)}
@@ -252,7 +252,6 @@ def cmd_schedule_show(args: argparse.Namespace) -> int:
     print(f"  density peaks at σ = {density_peak(t):.4g}; σ quantiles 5% {quant[0.05]:.4g} · 50% {quant[0.5]:.4g} · 95% {quant[0.95]:.4g}")
     for note in t.notes:
         print(f"  {note}")
-    out = _plot_path(Path(args.file), args.output)
     try:
         plot_schedule(t, out)
     except OSError as exc:

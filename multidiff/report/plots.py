@@ -18,10 +18,11 @@ from ..schedules.fixed import LogNormal  # noqa: E402
 
 def check_plot_path(path: Path) -> None:
     """Refuse a plot path whose suffix names no format matplotlib can write (it picks the format from it)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
     from ..errors import UserError
 
-    formats = plt.figure().canvas.get_supported_filetypes()
-    plt.close("all")
+    formats = FigureCanvasBase.get_supported_filetypes()  # no figure needed to ask
     suffix = Path(path).suffix.lower().lstrip(".")
     if suffix not in formats:
         raise UserError(f"cannot plot to {path}: choose a suffix matplotlib writes ({', '.join(sorted(formats))})")

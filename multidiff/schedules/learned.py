@@ -36,10 +36,10 @@ class BinnedStats:
         self.centers = 0.5 * (self.edges[:-1] + self.edges[1:])
         self.sums = torch.zeros(self.bins)
         self.counts = torch.zeros(self.bins)
-        self.rejected: Optional[Tensor] = None  # bad observations on an accelerator, refused at the next refresh
+        self.rejected = torch.zeros(())  # bad observations on an accelerator, refused at the next refresh
 
     def to(self, device: torch.device) -> "BinnedStats":
-        self.sums, self.counts = self.sums.to(device), self.counts.to(device)
+        self.sums, self.counts, self.rejected = self.sums.to(device), self.counts.to(device), self.rejected.to(device)
         return self
 
     def add(self, sigma: Tensor, values: Tensor, mask: Optional[Tensor] = None) -> None:
@@ -48,21 +48,19 @@ class BinnedStats:
         u = sigma.detach().float().log()
         k = ((u - self.ctx.u_min) * (K / (self.ctx.u_max - self.ctx.u_min))).long().clamp(0, K - 1)
         w = torch.ones_like(u) if mask is None else mask.detach().float()
-        self._check(sigma, values, w)
+        self._check(sigma, u, values, w)
         self.sums.index_add_(0, k, values.detach().float() * w)
         self.counts.index_add_(0, k, w)
 
-    def _check(self, sigma: Tensor, values: Tensor, w: Tensor) -> None:
-        """σ must be finite and > 0, the observed value not negative (NaN is a diverged model, which
+    def _check(self, sigma: Tensor, u: Tensor, values: Tensor, w: Tensor) -> None:
+        """σ must be finite and > 0 (u = ln σ finite), the observed value not negative (NaN is a diverged model, which
         :meth:`consume` reports). On the CPU a bad observation is refused at once; on an accelerator
         it is counted on the device (no host sync per step) and refused at the next refresh."""
-        bad = (w > 0) & ~(torch.isfinite(sigma.detach()) & (sigma.detach() > 0) & ~(values.detach() < 0))
+        bad = (w > 0) & ~(torch.isfinite(u) & ~(values.detach() < 0))
         if bad.device.type == "cpu":
             if bool(bad.any()):
                 raise UserError(_bad_observation(sigma[bad], values[bad]))
             return
-        if self.rejected is None:
-            self.rejected = torch.zeros((), device=bad.device)
         self.rejected += bad.sum()
 
     def synchronize(self) -> None:
@@ -71,7 +69,7 @@ class BinnedStats:
 
     def consume(self, min_count: int, what: str, step: int) -> tuple[np.ndarray, np.ndarray]:
         """(bin means, NaN where fewer than min_count samples; their counts, 0 there), after the all-reduce."""
-        if self.rejected is not None and bool(self.rejected > 0):
+        if self.rejected.device.type != "cpu" and bool(self.rejected > 0):  # the refresh synchronizes anyway
             raise UserError(f"observe: {int(self.rejected)} example(s) since the last refresh had a σ that is not finite and "
                             "> 0, or a negative error/loss")  # fmt: skip
         all_reduce_sum_(self.sums, self.counts)
