@@ -123,15 +123,17 @@ def sample_quality(
     score: Callable[[Tensor], dict[str, Any]],
     *,
     seed: Optional[int] = None,
+    count: Optional[int] = None,
     device: torch.device,
 ) -> QualityResult:
-    """``eval.quality_samples`` samples from the recipe's sampler (seed: ``sample.seed`` unless
-    given), decoded and scored by ``score`` (the domain's metric against held-out data)."""
+    """``count`` (default ``eval.quality_samples``) samples from the recipe's sampler (seed:
+    ``sample.seed`` unless given), decoded and scored by ``score`` (the domain's metric against
+    held-out data)."""
     s = cfg.sample
     was_training = model.training
     model.eval()
     try:
-        x = generate(model, shape, cfg.eval.quality_samples, sigmas, sampler=s.sampler, seed=s.seed if seed is None else seed,
+        x = generate(model, shape, count or cfg.eval.quality_samples, sigmas, sampler=s.sampler, seed=s.seed if seed is None else seed,
                      batch=s.batch, churn=s.churn, device=device)  # fmt: skip
         decoded = model.decode(x.to(device)).cpu()
     finally:

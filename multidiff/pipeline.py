@@ -231,14 +231,15 @@ def device_for_inference() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def quality(setup: Setup, model: Any, device: torch.device, seed: Optional[int] = None) -> QualityResult:
-    """The domain's sample metric on ``eval.quality_samples`` samples of the recipe's fixed sampler
-    (and the metrics that need the model itself, e.g. a joint model's conditional accuracy)."""
+def quality(setup: Setup, model: Any, device: torch.device, seed: Optional[int] = None, count: Optional[int] = None) -> QualityResult:
+    """The domain's sample metric on ``count`` (default ``eval.quality_samples``) samples of the
+    recipe's fixed sampler (and the metrics that need the model itself, e.g. a joint model's
+    conditional accuracy, on as many)."""
     s = setup.cfg.sample
     sigmas = sampling_grid(setup, s.sigmas, s.steps)
+    n = count or setup.cfg.eval.quality_samples
     result = sample_quality(model, setup.cfg, setup.example_shape(), sigmas, lambda x: setup.domain.sample_metrics(x, setup.data),
-                            seed=seed, device=device)  # fmt: skip
-    n = setup.cfg.eval.quality_samples
+                            seed=seed, count=n, device=device)  # fmt: skip
 
     def sample(count: int, condition: Any) -> Tensor:
         return _decoded_samples(setup, model, count, device, seed=s.seed if seed is None else seed, condition=condition)
@@ -345,9 +346,15 @@ def evaluate_run(setup: Setup, run_dir: Path) -> dict[str, Any]:
     extra_bounds = setup.domain.extra_nelbo(model, setup.data, setup.nelbo, device)
     units = setup.nelbo_units()
     primary = setup.domain.nelbo_unit
-    main = quality(setup, model, device)
+    n_final = cfg.eval.final_quality_samples or cfg.eval.quality_samples
+    main = quality(setup, model, device, count=n_final)
     seeds = [cfg.sample.seed + k for k in range(cfg.eval.quality_seeds)]
-    values = [tracked_values(setup, main.metrics)] + [tracked_values(setup, quality(setup, model, device, seed=s).metrics) for s in seeds[1:]]
+    values = [tracked_values(setup, main.metrics)] + [tracked_values(setup, quality(setup, model, device, seed=s, count=n_final).metrics)
+                                                      for s in seeds[1:]]  # fmt: skip
+    curve_point = values[0]
+    if n_final > cfg.eval.quality_samples:  # the curve stays at one sample count: score the first quality_samples
+        prefix = setup.domain.sample_metrics(main.decoded[: cfg.eval.quality_samples], setup.data)
+        curve_point = {**curve_point, **tracked_values(setup, prefix)}
     noise = {k: {"seeds": seeds, "values": [v[k] for v in values],
                  "sd": float(torch.tensor([v[k] for v in values], dtype=torch.float64).std()) if len(values) > 1 else None}
              for k in values[0]}  # fmt: skip
@@ -372,6 +379,8 @@ def evaluate_run(setup: Setup, run_dir: Path) -> dict[str, Any]:
         "metric_labels": dict(setup.domain.headline_metrics),
         "quality_noise": noise,
         "quality_samples": cfg.eval.quality_samples,
+        "final_quality_samples": n_final,
+        "quality_curve": curve_point,  # the quality curve's last point (quality_samples samples)
         "sampler": {k: getattr(cfg.sample, k) for k in ("sampler", "steps", "sigmas", "rho", "grid_mix", "churn", "seed", "guidance")},
         "samples": [str(p.relative_to(run_dir)) for p in files],
         "created_by": f"multidiff {__version__}",

@@ -68,6 +68,9 @@ class EvalConfig:
     quality_every: Optional[int] = None  # steps between sample-quality evaluations; null: train.eval_every; 0: final only
     quality_samples: int = 256  # samples scored by the domain's sample metric (fixed noise, sampler and grid)
     quality_seeds: int = 2  # sample seeds at the final evaluation; their spread is the metric's own noise
+    # samples per seed at the final evaluation (null: quality_samples): the final values and their noise
+    # use them all, the quality curve's last point their first quality_samples (one sample count per curve)
+    final_quality_samples: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -148,6 +151,7 @@ _CHECKS: dict[tuple[str, str], tuple[Any, str]] = {
     ("eval", "nelbo_batch"): _between(1, _BATCH), ("eval", "nelbo_seed"): _between(0, MAX_SEED),
     ("eval", "quality_samples"): (lambda v: 2 <= v <= _SAMPLES, f"between 2 (a distance between sample sets needs two) and {_SAMPLES:g}"),
     ("eval", "quality_seeds"): _between(1, 100),
+    ("eval", "final_quality_samples"): (lambda v: v is None or 2 <= v <= _SAMPLES, f"between 2 and {_SAMPLES:g}, or null"),
     ("sample", "n"): _between(1, _SAMPLES), ("sample", "steps"): _between(1, 10_000), ("sample", "batch"): _between(1, _BATCH),
     ("sample", "rho"): (lambda v: 0 < v <= 1000, "> 0 and at most 1000"), ("sample", "seed"): _between(0, MAX_SEED),
     ("diffusion", "sigma_data"): (lambda v: v is None or (all(_is_sigma(x) for x in v.values()) if isinstance(v, dict) else _is_sigma(v)),
@@ -263,6 +267,10 @@ def resolve(raw: dict[str, Any], source: str, overrides: list[str] | None = None
     q, every = recipe["eval"]["quality_every"], recipe["train"]["eval_every"]
     if q and q % every:
         raise UserError(f"recipe {source}: eval.quality_every ({q}) must be a multiple of train.eval_every ({every}): quality is measured at validation points")
+    final, n = recipe["eval"]["final_quality_samples"], recipe["eval"]["quality_samples"]
+    if final is not None and final < n:
+        raise UserError(f"recipe {source}: eval.final_quality_samples ({final}) must be at least eval.quality_samples ({n}): "
+                        "the quality curve's last point is scored on the first quality_samples of them")  # fmt: skip
     seed = recipe["seed"]
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
         raise UserError(f"recipe {source}: 'seed' must be an integer between 0 and {MAX_SEED}, got {seed!r}")

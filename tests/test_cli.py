@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from conftest import REPO, tiny_train_args
+from conftest import REPO, copy_run, tiny_train_args
 from PIL import Image
 
 from multidiff.cli import main
@@ -139,6 +139,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     corrupt.write_text('{"format": "multidiff.schedule", "version": 1}')
     msg = one_line_error(capsys, main(["train", recipe, "--schedule", str(corrupt), "--out", out]))
     assert str(corrupt) in msg and "missing field" in msg
+    msg = one_line_error(capsys, main(["train", recipe, "--set", "eval.final_quality_samples=100", "--out", out]))
+    assert "eval.final_quality_samples (100) must be at least eval.quality_samples (256)" in msg
     assert not (tmp_path / "x").exists()  # nothing was created by any of these
     assert one_line_error(capsys, main(["sample", str(tmp_path)])).endswith("(no recipe.yaml)")
     with pytest.raises(SystemExit) as exc:  # argparse errors are one line and status 2 too
@@ -181,3 +183,43 @@ def test_a_reader_that_closes_the_pipe_early_ends_the_command_quietly():
     lines = proc.stdout.splitlines()
     assert len(lines) == 2 and lines[1] in ("status 0", "status 141"), proc.stdout  # 0: everything fit in the pipe before head left
     assert proc.stderr == "", proc.stderr
+
+
+def test_final_evaluation_draws_more_samples_and_keeps_the_curve_at_one_count(run, tmp_path):
+    """With eval.final_quality_samples above eval.quality_samples, eval.json's final values score
+    all the samples, while the quality curve's last point scores the first quality_samples of them:
+    the same samples an evaluation at the curve's count draws (one seeded stream, a deterministic
+    sampler), so the curve point equals that evaluation's value."""
+    import yaml
+
+    from multidiff.report.curves import final_values, metric_curves
+
+    small = copy_run(run, tmp_path / "small")
+    assert main(["eval", str(small)]) == 0
+    at_curve_count = json.loads((small / "eval.json").read_text())
+    large = copy_run(run, tmp_path / "large")
+    recipe = yaml.safe_load((large / "recipe.yaml").read_text())
+    recipe["eval"]["final_quality_samples"] = 256
+    (large / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    assert main(["eval", str(large)]) == 0
+    ev = json.loads((large / "eval.json").read_text())
+    assert (ev["quality_samples"], ev["final_quality_samples"]) == (64, 256)
+    assert ev["quality_curve"]["fd"] == pytest.approx(at_curve_count["quality"]["fd"], rel=1e-6)
+    assert ev["quality"]["fd"] != pytest.approx(ev["quality_curve"]["fd"], rel=1e-3)  # all 256 samples: another value
+    assert ev["quality_noise"]["fd"]["values"][0] == ev["quality"]["fd"]
+    curves = metric_curves(large)
+    assert curves["fd"][1][-1] == ev["quality_curve"]["fd"]  # the curve keeps one sample count
+    assert final_values(large, curves)["fd"] == ev["quality"]["fd"]  # the reports' final value uses all samples
+
+
+def test_quality_noise_tool_reproduces_the_final_evaluations_noise(run):
+    """tools/quality_noise.py at the run's own count and two sample seeds gives what the final
+    evaluation recorded as the metric's noise (its mean and sd over the same two seeds)."""
+    ev = json.loads((run / "eval.json").read_text())
+    noise = ev["quality_noise"]["fd"]
+    out = subprocess.run([sys.executable, str(REPO / "tools" / "quality_noise.py"), str(run), "--counts", "64", "--seeds", "2"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    row = next(line for line in out.splitlines() if line.startswith("| 64 |"))
+    mean, sd = (float(x) for x in row.split("|")[2].split("±"))
+    assert mean == pytest.approx(np.mean(noise["values"]), rel=1e-3)
+    assert sd == pytest.approx(np.std(noise["values"], ddof=1), rel=0.05)  # printed to two digits

@@ -144,3 +144,46 @@ def test_evaluation_notes_say_which_schedule_each_belongs_to():
     evals = {"edm": {"notes": ["unit: bits", "labels: 3 3 4"]}, "infonoise": {"notes": ["unit: bits", "labels: 9 9 9"]}}
     assert evaluation_notes(evals) == ["unit: bits", "edm: labels: 3 3 4", "infonoise: labels: 9 9 9"]
     assert evaluation_notes({"edm": {}, "crs": {"notes": ["x"]}}) == ["crs: x"]
+
+
+def test_the_report_races_every_schedule_against_the_strongest_fixed_one(campaign):
+    """edm and cosine are fixed, crs learns from data: per metric the fixed one with the better mean
+    final value is the yardstick, and the others' paired differences to it are its finals subtracted."""
+    summary = json.loads((campaign / "summary.json").read_text())
+    assert summary["fixed"] == ["edm", "cosine"]
+    schedules = summary["schedules"]
+    for key, spec in summary["metrics"].items():
+        if spec["lower"] is None:
+            assert key not in summary["strongest_fixed"]
+            continue
+        means = {label: schedules[label]["metrics"][key]["mean"] for label in ("edm", "cosine")}
+        best = min(means, key=means.get) if spec["lower"] else max(means, key=means.get)
+        assert summary["strongest_fixed"][key] == best
+        assert "vs_strongest_fixed" not in schedules[best]["metrics"][key]
+        for label in set(schedules) - {best}:
+            race = schedules[label]["metrics"][key]["vs_strongest_fixed"]
+            assert race["schedule"] == best
+            own, ref = schedules[label]["metrics"][key]["final"], schedules[best]["metrics"][key]["final"]
+            assert race["difference"]["diffs"] == pytest.approx([a - b for a, b in zip(own, ref)])
+            assert len(race["speedup_per_seed"]) == 2
+    md = (campaign / "report.md").read_text()
+    section = md[md.index("## Against the strongest fixed schedule"):]
+    assert f"| crs | NELBO (bits/pixel) | {summary['strongest_fixed']['nelbo']} |" in section
+
+
+def test_readme_tables_show_the_race_against_the_strongest_fixed_schedule(campaign, monkeypatch):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("readme_tables", REPO / "tools" / "readme_tables.py")
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    monkeypatch.setattr(tables, "OUT", campaign.parent)
+    text = tables.table(campaign.name)
+    summary = json.loads((campaign / "summary.json").read_text())
+    best = summary["strongest_fixed"]["nelbo"]
+    head = text.splitlines()[0].split(" | ")
+    column = head.index(f"NELBO (bits/pixel) against the strongest fixed ({best})")
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in text.splitlines()[2:] if line.startswith("| ")}
+    assert rows[best][column].strip(" |") == "itself"
+    race = summary["schedules"]["crs"]["metrics"]["nelbo"]["vs_strongest_fixed"]
+    assert rows["crs"][column].startswith(f"Δ {race['difference']['mean']:+.3g}")

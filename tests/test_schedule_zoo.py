@@ -14,7 +14,7 @@ from multidiff.metrics.frechet import frechet_distance
 from multidiff.schedules.base import ScheduleContext
 from multidiff.schedules.crs import gaussian_path_speed
 from multidiff.schedules.io import load_schedule_file, save_schedule_file
-from multidiff.schedules.registry import build_schedule
+from multidiff.schedules.registry import REGISTRY, build_schedule, is_fixed_method
 from multidiff.schedules.tabulated import TabulatedSchedule
 from multidiff.schedules.timewarp import isotonic_increasing
 
@@ -346,3 +346,12 @@ def test_logsnr_families_follow_sigma_data_as_k_diffusion_does(sigma_data):
     law = stats.laplace(0.0, 0.5)
     truncated = lambda x: (law.cdf(x) - law.cdf(lam_lo)) / (law.cdf(lam_hi) - law.cdf(lam_lo))  # noqa: E731
     assert stats.kstest(lam, truncated).pvalue > 1e-3
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_fixed_methods_are_the_schedules_that_never_adapt(name):
+    """The reports' yardstick races learned schedules against the fixed ones: a method counts as
+    fixed exactly when, built with its defaults, it neither prepares from data nor refreshes."""
+    sched = build_schedule(name, {}, CTX)
+    adapts = sched.refresh_every > 0 or sched.prepare_examples > 0
+    assert is_fixed_method(name) == (not adapts)

@@ -246,3 +246,21 @@ def test_infonoise_rejects_nonfinite_statistics():
     s.observe(torch.tensor([1.0]), torch.tensor([float("nan")]), torch.tensor([0.0]))
     with pytest.raises(NonFiniteLossError, match="non-finite"):
         s.refresh(1)
+
+
+@pytest.mark.parametrize("base", ["edm", "laplace"])
+def test_a_defensive_mixture_keeps_the_base_share_everywhere(base):
+    """defensive = α: the learned density never gives a region less than α·(1 − floor) of what the
+    base gives it (the defensive-mixture guarantee), still integrates to one, and α = 0 changes nothing."""
+    from multidiff.schedules.bases import fixed_schedule
+
+    u = torch.linspace(CTX.u_min, CTX.u_max, 2001)
+    plain = learned_infonoise(base=base)
+    mixed = learned_infonoise(base=base, defensive=0.5)
+    reference = fixed_schedule(base, CTX).pdf(u)
+    assert torch.all(mixed.pdf(u) >= 0.5 * (1 - 0.03) * reference * 0.99)
+    assert not torch.all(plain.pdf(u) >= 0.5 * (1 - 0.03) * reference * 0.99)  # without it the learned one starves a region
+    assert float(torch.trapezoid(mixed.pdf(u), u)) == pytest.approx(1.0, abs=2e-3)
+    assert torch.equal(learned_infonoise(base=base, defensive=0.0).pdf(u), plain.pdf(u))
+    with pytest.raises(ValueError, match="defensive"):
+        InfoNoise(CTX, InfoNoiseParams(defensive=0.98, floor=0.03))

@@ -40,6 +40,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "latent": {"recipe": "recipes/latent_fashion.yaml", "schedules": "edm,infonoise,infonoise:allocation=density", "seeds": 1,
                "set": ["eval.quality_every=600"]},
     "joint": {"recipe": "recipes/joint_digits_speech.yaml", "schedules": "edm,infonoise", "seeds": 1, "set": ["eval.quality_every=1000"]},
+    # the candidates for a default that matches the strongest fixed schedule, against every fixed family
+    "digits-screen": {"recipe": "recipes/binary_digits.yaml", "seeds": 3, "set": ["train.eval_every=250", "eval.quality_every=500"],
+                      "schedules": "edm,laplace,cosine,loguniform,infonoise,infonoise:allocation=density,infonoise:defensive=0.5,"
+                                   "infonoise:allocation=density:defensive=0.5"},
     "digits-onset": {"recipe": "recipes/binary_digits.yaml", "schedules": "edm,infonoise:gate_c=null:onset=peak,infonoise:gate_c=null:onset=tail", "seeds": 1,
                      "set": ["train.eval_every=250", "eval.quality_every=500"]},
 }
@@ -74,11 +78,15 @@ def table(name: str) -> str:
     summary = json.loads((out / "summary.json").read_text())
     specs, seeds = summary["metrics"], summary["seeds"]
     raced = [k for k, spec in specs.items() if spec["lower"] is not None]
-    head = ["schedule", *[specs[k]["label"] for k in specs], *[f"speedup on {specs[k]['label']}" for k in raced]]
+    strongest = summary.get("strongest_fixed") or {}
+    yard = [k for k in raced if k in strongest]
+    head = ["schedule", *[specs[k]["label"] for k in specs], *[f"speedup on {specs[k]['label']}" for k in raced],
+            *[f"{specs[k]['label']} against the strongest fixed ({strongest[k]})" for k in yard]]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in summary["schedules"].items():
         cells = [_cell(s["metrics"][k]["mean"], s["metrics"][k]["sd"]) for k in specs]
         cells += ["baseline" if label == summary["baseline"] else _speedup(s["metrics"][k]) for k in raced]
+        cells += ["itself" if label == strongest[k] else _against(s["metrics"][k]["vs_strongest_fixed"]) for k in yard]
         lines.append("| " + " | ".join([label, *cells]) + " |")
     noise = [f"{specs[k]['label']} {m:.3g}" for k in specs if k != "nelbo"
              for m in [_mean([s["metrics"][k].get("eval_noise_sd") for s in summary["schedules"].values()])] if m is not None]  # fmt: skip
@@ -87,6 +95,16 @@ def table(name: str) -> str:
     lines += ["", f"{seeds_txt}; speedup = steps to reach the baseline's final value, geometric mean over seeds "
               f"with a 95 % t-interval of the mean log speedup (n seeds, n − 1 degrees of freedom)." + (f" Evaluation noise (same weights, other sample seed): {', '.join(noise)}." if noise else "")]  # fmt: skip
     return "\n".join(lines)
+
+
+def _against(race: dict[str, Any]) -> str:
+    """Final difference to the strongest fixed schedule (paired, with its verdict) and the speedup to its final value."""
+    diff = race.get("difference") or {}
+    if diff.get("mean") is None:
+        return "–"
+    ci = diff.get("interval")
+    d_txt = f"Δ {diff['mean']:+.3g}" + (f" [{ci[0]:+.3g}, {ci[1]:+.3g}]" if ci else "") + f" ({diff.get('verdict', '–')})"
+    return f"{d_txt}; {_speedup(race)}"
 
 
 def _mean(values: list[Optional[float]]) -> Optional[float]:

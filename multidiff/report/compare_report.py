@@ -31,7 +31,8 @@ import numpy as np  # noqa: E402
 from ..plans import read_eval  # noqa: E402
 from ..schedules.base import ScheduleTable  # noqa: E402
 from ..schedules.io import load_schedule_file  # noqa: E402
-from .curves import NELBO, metric_curves  # noqa: E402
+from ..schedules.registry import is_fixed_method  # noqa: E402
+from .curves import NELBO, final_values, metric_curves  # noqa: E402
 from .plots import density_peak, plot_density_axes, plot_learned_profile_axes  # noqa: E402
 from .stats import bound_mark, mean_sd, paired_difference, speedup, summarize_ratios  # noqa: E402
 
@@ -94,35 +95,77 @@ def metric_specs(evals: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return specs
 
 
+def _series(curve: dict[str, Any], key: str) -> tuple[list[int], list[float]]:
+    return curve.get(key, ([], []))
+
+
+def race(runs: list[dict[str, Any]], reference: list[dict[str, Any]], key: str, lower: Optional[bool],
+         eval_sd: Optional[float]) -> dict[str, Any]:
+    """One schedule's runs against a reference's, paired by seed, on metric ``key`` (each run as
+    {"curves", "finals"}): the difference of final values with its interval, and (for a metric with
+    a direction) the steps each seed's curve needs to reach the reference curve's last value and the
+    speedup."""
+    finals = [r["finals"].get(key) for r in runs]
+    ref_finals = [r["finals"].get(key) for r in reference]
+    m: dict[str, Any] = {"difference": paired_difference(finals, ref_finals, lower)}
+    if lower is None:
+        return m
+    per_seed = [speedup(_series(r["curves"], key), _series(c["curves"], key), lower) for r, c in zip(reference, runs)]
+    m["steps_to_baseline"] = [p["steps"] for p in per_seed]
+    m["reached"] = [p["reached"] for p in per_seed]
+    m["speedup_per_seed"] = [p["ratio"] for p in per_seed]
+    m["speedup_at_least"] = [p["at_least"] for p in per_seed]
+    m["speedup"] = summarize_ratios(m["speedup_per_seed"], at_least=m["speedup_at_least"])
+    if final_within_noise(m["difference"], eval_sd):
+        m["speedup"]["verdict"] += "; final values within noise"
+    return m
+
+
+def is_fixed_run(run_dir: Path) -> bool:
+    """Whether a run trained under fixed schedules only (closed forms that do not adapt to the data
+    or the model), read from the methods its exported schedule files name."""
+    from ..pipeline import schedule_files
+
+    methods = [load_schedule_file(path).table.method for path in schedule_files(run_dir).values()]
+    return bool(methods) and all(is_fixed_method(m) for m in methods)
+
+
+def strongest_fixed(schedules: dict[str, Any], specs: dict[str, dict[str, Any]], fixed: list[str]) -> dict[str, str]:
+    """Per metric with a direction, the fixed schedule with the best mean final value over the seed
+    set (the first listed on a tie); metrics no fixed schedule has a value for are left out."""
+    out = {}
+    for key, spec in specs.items():
+        if spec["lower"] is None:
+            continue
+        scored = [(schedules[label]["metrics"][key]["mean"], label) for label in fixed
+                  if schedules[label]["metrics"][key]["mean"] is not None]  # fmt: skip
+        if scored:
+            sign = 1.0 if spec["lower"] else -1.0
+            out[key] = min(scored, key=lambda t: sign * t[0])[1]
+    return out
+
+
 def summarize(groups: dict[str, list[Path]], baseline: str) -> dict[str, Any]:
     """Per schedule and metric: per-seed final values, their mean and spread, the paired difference
-    to the baseline, per-seed steps to the baseline's final value and speedups, with intervals."""
+    to the baseline, per-seed steps to the baseline's final value and speedups, with intervals; and
+    the same against the strongest fixed schedule of each metric (``strongest_fixed``; under
+    ``vs_strongest_fixed``)."""
     curves = {label: [_curves(d) for d in runs] for label, runs in groups.items()}
+    per_run = {label: [{"curves": c, "finals": final_values(d, c)} for d, c in zip(runs, curves[label])] for label, runs in groups.items()}
     evals = {label: [read_eval(d) or {} for d in runs] for label, runs in groups.items()}
     specs = metric_specs([e for es in evals.values() for e in es])
-    out: dict[str, Any] = {"metrics": specs, "schedules": {}}
-    base_curves = curves.get(baseline, [])
+    fixed = [label for label, runs in groups.items() if is_fixed_run(runs[0])]
+    out: dict[str, Any] = {"metrics": specs, "schedules": {}, "fixed": fixed}
     for label, runs in groups.items():
         entry: dict[str, Any] = {"runs": [str(d) for d in runs], "metrics": {}}
         for key, spec in specs.items():
-            finals = [c.get(key, ([], []))[1][-1] if c.get(key, ([], []))[1] else None for c in curves[label]]
-            base_finals = [c.get(key, ([], []))[1][-1] if c.get(key, ([], []))[1] else None for c in base_curves]
-            m: dict[str, Any] = {"final": finals, "final_steps": [c.get(key, ([], []))[0][-1] if c.get(key, ([], []))[0] else None for c in curves[label]]}
+            finals = [r["finals"].get(key) for r in per_run[label]]
+            m: dict[str, Any] = {"final": finals, "final_steps": [_series(c, key)[0][-1] if _series(c, key)[0] else None for c in curves[label]]}
             m["mean"], m["sd"] = mean_sd(finals)
             noise = [e.get("quality_noise", {}).get(key, {}).get("sd") for e in evals[label]]
             m["eval_noise_sd"] = mean_sd(noise)[0]
-            if label != baseline and spec["lower"] is not None:
-                m["difference"] = paired_difference(finals, base_finals, spec["lower"])
-                per_seed = [speedup(b.get(key, ([], [])), c.get(key, ([], [])), spec["lower"]) for b, c in zip(base_curves, curves[label])]
-                m["steps_to_baseline"] = [p["steps"] for p in per_seed]
-                m["reached"] = [p["reached"] for p in per_seed]
-                m["speedup_per_seed"] = [p["ratio"] for p in per_seed]
-                m["speedup_at_least"] = [p["at_least"] for p in per_seed]
-                m["speedup"] = summarize_ratios(m["speedup_per_seed"], at_least=m["speedup_at_least"])
-                if final_within_noise(m["difference"], m["eval_noise_sd"]):
-                    m["speedup"]["verdict"] += "; final values within noise"
-            elif label != baseline:
-                m["difference"] = paired_difference(finals, base_finals, None)
+            if label != baseline:
+                m.update(race(per_run[label], per_run[baseline], key, spec["lower"], m["eval_noise_sd"]))
             entry["metrics"][key] = m
         costs = [refresh_cost(d, (c.get(NELBO, ([0], []))[0] or [0])[-1]) for d, c in zip(runs, curves[label])]
         costs = [c for c in costs if c]
@@ -131,6 +174,13 @@ def summarize(groups: dict[str, list[Path]], baseline: str) -> dict[str, Any]:
                              for k in dict.fromkeys(k for e in evals[label] for k in e.get("headline", {}))
                              if all(isinstance(e.get("headline", {}).get(k), (int, float)) for e in evals[label])}  # fmt: skip
         out["schedules"][label] = entry
+    out["strongest_fixed"] = strongest_fixed(out["schedules"], specs, fixed)
+    for key, ref in out["strongest_fixed"].items():
+        for label, entry in out["schedules"].items():
+            if label != ref:
+                m = entry["metrics"][key]
+                entry["metrics"][key]["vs_strongest_fixed"] = {
+                    "schedule": ref, **race(per_run[label], per_run[ref], key, specs[key]["lower"], m["eval_noise_sd"])}
     return out
 
 
@@ -205,6 +255,13 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
         if sds:
             noise_lines.append(f"- {spec['label']}: evaluation noise (same weights, other sample seeds) sd ≈ {np.mean(sds):.3g}; "
                                f"differences smaller than that are not resolved by this metric.")  # fmt: skip
+    run_evals = [read_eval(d) or {} for runs in groups.values() for d in runs]
+    larger = sorted({(e["quality_samples"], e["final_quality_samples"]) for e in run_evals
+                     if e.get("final_quality_samples", 0) > e.get("quality_samples", 0)})  # fmt: skip
+    if larger:
+        noise_lines.append("- Sample metrics: final values (and their evaluation noise) on " + ", ".join(f"{f}" for _, f in larger)
+                           + " samples per seed; the curves, and so the steps and speedups, on " + ", ".join(f"{n}" for n, _ in larger)
+                           + " per point (the final point: the first of those samples).")  # fmt: skip
     lines += ["", "The NELBO uses fixed noise and a fixed quadrature, so for given weights it has no evaluation noise; "
               "its only noise is the seed-to-seed spread above."] + noise_lines  # fmt: skip
 
@@ -220,25 +277,8 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
         if label == baseline:
             continue
         for key, spec in specs.items():
-            m = s["metrics"][key]
-            diff = m.get("difference") or {}
-            d_txt = f"{_fmt(diff.get('mean'))} {_fmt_interval(diff.get('interval'))}".strip() if diff.get("mean") is not None else "–"
-            if diff.get("interval") and diff.get("verdict") in ("within noise", "better", "worse"):
-                d_txt += f" ({diff['verdict']})"
-            if "speedup" not in m:
-                lines.append(f"| {label} | {spec['label']} | {d_txt} ({diff.get('verdict', '–')}) | – | – | diagnostic |")
-                continue
-            reached = m["reached"]
-            steps = [st for st in m["steps_to_baseline"] if st is not None]
-            if not steps and (not reached or all(reached)):  # no seed has a step count to show
-                reach = "–"
-            elif all(reached):
-                reach = _fmt(float(np.mean(steps)), 4)
-            else:
-                reach = f"not reached ({reached.count(False)}/{len(reached)} seeds)" + (f"; others {_fmt(float(np.mean(steps)), 4)}" if steps else "")
-            sp = m["speedup"]
-            sp_txt = f"{bound_mark(sp)}{sp['mean']:.2f}× {_fmt_interval(sp['interval'])} (n = {sp['seeds']})" if sp["mean"] is not None else "–"
-            lines.append(f"| {label} | {spec['label']} | {d_txt} | {reach} | {sp_txt} | {sp['verdict']} |")
+            lines.append(f"| {label} | {spec['label']} | " + " | ".join(_race_cells(s["metrics"][key])) + " |")
+    lines += strongest_fixed_section(summary, specs, baseline)
 
     for key, spec in specs.items():
         all_steps = sorted({st for runs in groups.values() for d in runs for st in _curves(d).get(key, ([], []))[0]})
@@ -269,6 +309,51 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
     md = out_dir / "report.md"
     md.write_text("\n".join(lines))
     return md
+
+
+def _race_cells(m: dict[str, Any]) -> list[str]:
+    """The Δ, steps, speedup and verdict cells of one schedule's race against a reference."""
+    diff = m.get("difference") or {}
+    d_txt = f"{_fmt(diff.get('mean'))} {_fmt_interval(diff.get('interval'))}".strip() if diff.get("mean") is not None else "–"
+    if diff.get("interval") and diff.get("verdict") in ("within noise", "better", "worse"):
+        d_txt += f" ({diff['verdict']})"
+    if "speedup" not in m:
+        return [f"{d_txt} ({diff.get('verdict', '–')})", "–", "–", "diagnostic"]
+    reached = m["reached"]
+    steps = [st for st in m["steps_to_baseline"] if st is not None]
+    if not steps and (not reached or all(reached)):  # no seed has a step count to show
+        reach = "–"
+    elif all(reached):
+        reach = _fmt(float(np.mean(steps)), 4)
+    else:
+        reach = f"not reached ({reached.count(False)}/{len(reached)} seeds)" + (f"; others {_fmt(float(np.mean(steps)), 4)}" if steps else "")
+    sp = m["speedup"]
+    sp_txt = f"{bound_mark(sp)}{sp['mean']:.2f}× {_fmt_interval(sp['interval'])} (n = {sp['seeds']})" if sp["mean"] is not None else "–"
+    return [d_txt, reach, sp_txt, sp["verdict"]]
+
+
+def strongest_fixed_section(summary: dict[str, Any], specs: dict[str, dict[str, Any]], baseline: str) -> list[str]:
+    """The yardstick a learned schedule has to beat: per metric, the best fixed schedule of this
+    comparison, and every other schedule raced against it as against the baseline."""
+    strongest = summary.get("strongest_fixed") or {}
+    if not strongest:
+        return ["", "## Against the strongest fixed schedule", "",
+                "No fixed schedule (a closed form that does not adapt) is in this comparison: add one "
+                "(e.g. the baseline's family or another) to measure the learned schedules against it.", ""]  # fmt: skip
+    named = "; ".join(f"{specs[key]['label']}: **{label}**" for key, label in strongest.items())
+    lines = ["", "## Against the strongest fixed schedule", "",
+             f"Per metric, the fixed schedule (a closed form that does not adapt; here: {', '.join(summary['fixed'])}) "
+             f"with the best mean final value over these seeds — {named}. It is picked on the same seeds it is "
+             "compared on, which favours it slightly. Columns as above, with that schedule in place of "
+             f"{baseline}.", "",
+             "| schedule | metric | strongest fixed | Δ (mean [95 % CI]) | steps to its final | speedup [95 % t-interval, n seeds] | verdict |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for label, s in summary["schedules"].items():
+        for key, spec in specs.items():
+            m = s["metrics"][key].get("vs_strongest_fixed")
+            if m:
+                lines.append(f"| {label} | {spec['label']} | {m['schedule']} | " + " | ".join(_race_cells(m)) + " |")
+    return lines
 
 
 def evaluation_notes(evals: dict[str, dict[str, Any]]) -> list[str]:

@@ -17,7 +17,8 @@ def metric_curves(run_dir: Path) -> dict[str, Curve]:
 
     Lightning logs a validation at the index of the last training batch, so a row at step s was
     measured after s + 1 optimizer steps. eval.json (the saved EMA weights, the same evaluation)
-    gives the value at the final step.
+    gives the value at the final step: its ``quality_curve`` (on as many samples as the curve's
+    other points) where the final evaluation drew more samples.
     """
     points: dict[str, dict[int, float]] = {}
     path = Path(run_dir) / "metrics.csv"
@@ -35,7 +36,7 @@ def metric_curves(run_dir: Path) -> dict[str, Curve]:
     if "step" in ev:
         if "nelbo" in ev:
             points.setdefault(NELBO, {})[int(ev["step"])] = float(ev["nelbo"])
-        for key, value in (ev.get("quality") or {}).items():
+        for key, value in (ev.get("quality_curve") or ev.get("quality") or {}).items():
             points.setdefault(key, {})[int(ev["step"])] = float(value)
     return {k: (sorted(v), [v[s] for s in sorted(v)]) for k, v in points.items()}
 
@@ -51,3 +52,14 @@ def final_value(curve: Curve) -> Optional[float]:
 def quality_directions(ev: dict[str, Any]) -> dict[str, Optional[str]]:
     """The tracked quality metrics of an eval.json and which way is better (None: a diagnostic)."""
     return dict(ev.get("quality_directions") or {})
+
+
+def final_values(run_dir: Path, curves: dict[str, Curve]) -> dict[str, float]:
+    """A run's final value of every metric: eval.json's (for sample metrics, on all of the final
+    evaluation's samples), else the curve's last point (a run not yet evaluated)."""
+    out = {key: values[-1] for key, (_, values) in curves.items() if values}
+    ev = read_eval(run_dir) or {}
+    if "nelbo" in ev:
+        out[NELBO] = float(ev["nelbo"])
+    out.update({key: float(v) for key, v in (ev.get("quality") or {}).items()})
+    return out

@@ -11,7 +11,8 @@ x0-space error ``e``), so the profile costs no extra forward passes:
    end with ``g(σ) = σⁿ / (σⁿ + cⁿ)``, divides by the fixed loss weight so the *effective*
    allocation p(u)·w(σ) follows r·g (``allocation: effective``, the paper's reading; with
    ``allocation: density`` the sampling density itself follows r·g and the loss weight adds its own
-   emphasis on top), and mixes in a small log-uniform floor;
+   emphasis on top), mixes in the base density with weight ``defensive`` (0 by default) and a
+   small log-uniform floor;
 3. before ``warmup`` steps it samples from a base density (EDM by default).
 
 The onset rule for the gate's c (when not pinned), ``onset: peak`` (default): normalize the ungated
@@ -35,7 +36,7 @@ from torch import Tensor
 
 from .base import ScheduleContext, ScheduleTable
 from .bases import fixed_schedule
-from .learned import BinnedSchedule, check, fill_log_interp, mix_floor
+from .learned import BinnedSchedule, check, fill_log_interp, mix_base, mix_floor
 from .tabulated import TabulatedDensity
 
 
@@ -56,6 +57,7 @@ class InfoNoiseParams:
     onset: str = "peak"  # peak: scan the ungated density down from its peak | tail: per-σ profile m̂/σ³, c where it stays below p above
     allocation: str = "effective"  # effective: p·w ∝ rate·gate (divide by the loss weight) | density: p ∝ rate·gate
     floor: float = 0.03  # mixture weight of log-uniform, so no bin starves
+    defensive: float = 0.0  # mixture weight of the base density: no region gets less than this share of the base's samples
 
 
 def low_noise_gate(sigma: np.ndarray, c: float, n: float) -> np.ndarray:
@@ -142,6 +144,7 @@ class InfoNoise(BinnedSchedule):
         check(p.allocation != "effective" or ctx.weight is not None,
               "allocation 'effective' divides by the training loss's weight w(σ): give the weighting (or allocation: density)")  # fmt: skip
         check(0 <= p.floor < 1, "floor must be in [0, 1)")
+        check(0 <= p.defensive < 1 and p.floor + p.defensive < 1, "defensive must be in [0, 1) and floor + defensive below 1")
         check(p.gate_c is None or p.gate_c > 0, "gate_c must be a positive σ or null")
         check(p.onset in ("peak", "tail"), "onset must be peak or tail")
         check(p.allocation in ("effective", "density"), "allocation must be effective or density")
@@ -173,7 +176,7 @@ class InfoNoise(BinnedSchedule):
         dens = self.profile.density  # on the bin centres; the table spans the range, flat at the ends
         grid = np.concatenate([[self.ctx.u_min], centers, [self.ctx.u_max]])
         info = TabulatedDensity(torch.tensor(grid), torch.tensor(np.r_[dens[0], dens, dens[-1]]))
-        return mix_floor(info, p.floor, self.ctx)
+        return mix_floor(mix_base(info, self.base, p.defensive, self.ctx), p.floor, self.ctx)
 
     def refresh_info(self) -> dict[str, Any]:
         return {"gate_c": self.profile.c} if self.profile is not None else {}

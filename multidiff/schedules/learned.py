@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ..errors import NonFiniteLossError, UserError
 from .base import Probe, Schedule, ScheduleContext, ScheduleTable, all_reduce_sum_, keep_on_rank0_, merge_into_rank0_, process_rank
-from .tabulated import TabulatedDensity
+from .tabulated import TabulatedDensity, interp
 
 
 class BinnedStats:
@@ -257,6 +257,18 @@ def mix_floor(density: TabulatedDensity, floor: float, ctx: ScheduleContext) -> 
         return density
     width = ctx.u_max - ctx.u_min
     return TabulatedDensity(density.u64, (1 - floor) * density.p64 + floor / width)
+
+
+def mix_base(density: TabulatedDensity, base: Schedule, weight: float, ctx: ScheduleContext, points: int = 512) -> TabulatedDensity:
+    """(1 − weight)·density + weight·base on a fine grid over the range: a defensive mixture (as in
+    adaptive importance sampling), so no region of ln σ gets less than ``weight`` times the samples
+    the base density gives it, whatever the learned estimate says."""
+    if weight <= 0:
+        return density
+    u = torch.linspace(ctx.u_min, ctx.u_max, points, dtype=torch.float64)
+    learned = TabulatedDensity(u, interp(u, density.u64, density.p64)).p64  # renormalized on the fine grid
+    fixed = TabulatedDensity(u, base.pdf(u.float().to(base.device)).double().cpu()).p64
+    return TabulatedDensity(u, (1 - weight) * learned + weight * fixed)
 
 
 def check(ok: bool, message: str) -> None:

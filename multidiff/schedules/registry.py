@@ -50,6 +50,12 @@ REGISTRY: dict[str, ScheduleSpec] = {
     ]
 }
 
+def is_fixed_method(method: str) -> bool:
+    """Whether ``method`` (a schedule's name, as schedule files record it) is a fixed closed form:
+    one that neither learns from the data or the model nor changes during training."""
+    return method in FIXED
+
+
 def is_schedule_file(spec: str) -> bool:
     return spec.endswith(".json") or Path(spec).is_file()
 
