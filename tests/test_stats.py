@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from multidiff.report.compare_report import final_within_noise
-from multidiff.report.stats import paired_difference, speedup, steps_to_reach, summarize_ratios, verdict
+from multidiff.report.stats import bound_mark, paired_difference, speedup, steps_to_reach, summarize_ratios, verdict
 
 
 def test_steps_to_reach_interpolates_between_evaluations():
@@ -41,6 +41,20 @@ def test_a_curve_already_there_at_its_first_evaluation_gives_a_lower_bound():
     out = summarize_ratios([2.0, 1.2], at_least=[True, False])
     assert out["at_least"] and out["verdict"].endswith("a lower bound (reached by its first evaluation)")
     assert not summarize_ratios([2.0, 1.2], at_least=[False, False])["at_least"]
+
+
+def test_a_baseline_already_there_at_its_first_evaluation_gives_an_upper_bound():
+    """The mirror case: the run never reaches the baseline's final value, and the baseline was at the
+    run's final value by its first evaluation, so the ratio 1 000 / 2 000 holds for any later crossing
+    of the truth: the speedup is at most ½, shown as "≤", never as an exact ½ with a zero-width interval."""
+    steps = [1000, 2000]
+    sp = speedup((steps, [2.5, 2.0]), (steps, [4.0, 3.0]))
+    assert not sp["reached"] and sp["ratio"] == pytest.approx(0.5) and sp["at_most"] and not sp["at_least"]
+    between = speedup((steps, [3.5, 2.0]), (steps, [4.0, 3.0]))  # the baseline crosses 3.0 between its evaluations
+    assert between["ratio"] == pytest.approx((1000 + 1000 * 0.5 / 1.5) / 2000) and not between["at_most"]
+    out = summarize_ratios([0.5, 0.5, 0.5], at_most=[True, True, True])
+    assert out["at_most"] and bound_mark(out) == "≤ " and out["verdict"].endswith("an upper bound (the baseline was there by its first evaluation)")
+    assert bound_mark(summarize_ratios([0.5, 0.6])) == ""
 
 
 def test_final_values_only_give_no_speedup():

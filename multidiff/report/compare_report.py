@@ -115,7 +115,8 @@ def race(runs: list[dict[str, Any]], reference: list[dict[str, Any]], key: str, 
     m["reached"] = [p["reached"] for p in per_seed]
     m["speedup_per_seed"] = [p["ratio"] for p in per_seed]
     m["speedup_at_least"] = [p["at_least"] for p in per_seed]
-    m["speedup"] = summarize_ratios(m["speedup_per_seed"], at_least=m["speedup_at_least"])
+    m["speedup_at_most"] = [p["at_most"] for p in per_seed]
+    m["speedup"] = summarize_ratios(m["speedup_per_seed"], at_least=m["speedup_at_least"], at_most=m["speedup_at_most"])
     if final_within_noise(m["difference"], eval_sd):
         m["speedup"]["verdict"] += "; final values within noise"
     return m

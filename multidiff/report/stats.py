@@ -46,32 +46,37 @@ def speedup(baseline: Curve, other: Curve, lower: bool = True) -> dict[str, Any]
     at_least}. ``at_least``: the curve was already there at its first evaluation, so when it got
     there is unknown and the ratio is a lower bound. A curve of one evaluation gives no ratio."""
     if not len(baseline[0]) or not len(other[0]):
-        return {"reached": False, "steps": None, "ratio": None, "target": None, "at_least": False}
+        return {"reached": False, "steps": None, "ratio": None, "target": None, "at_least": False, "at_most": False}
     target, base_steps = float(baseline[1][-1]), float(baseline[0][-1])
     reach = steps_to_reach(other[0], other[1], target, lower)
     if len(baseline[0]) < 2 or len(other[0]) < 2:  # final values only: no steps to compare
-        return {"reached": reach is not None, "steps": None, "ratio": None, "target": target, "at_least": False}
+        return {"reached": reach is not None, "steps": None, "ratio": None, "target": target, "at_least": False, "at_most": False}
     if reach is not None:
         return {"reached": True, "steps": reach, "ratio": base_steps / max(reach, 1.0), "target": target,
-                "at_least": reach <= float(other[0][0])}  # fmt: skip
+                "at_least": reach <= float(other[0][0]), "at_most": False}  # fmt: skip
     back = steps_to_reach(baseline[0], baseline[1], float(other[1][-1]), lower)  # the baseline gets there first
     ratio = back / float(other[0][-1]) if back else None
-    return {"reached": False, "steps": None, "ratio": ratio, "target": target, "at_least": False}
+    # a baseline already there at its first evaluation got there at that step or sooner: an upper bound
+    return {"reached": False, "steps": None, "ratio": ratio, "target": target, "at_least": False,
+            "at_most": back is not None and back <= float(baseline[0][0])}  # fmt: skip
 
 
 def bound_mark(summary: dict[str, Any]) -> str:
-    """"≥ " before a summarized speedup that is a lower bound (see :func:`speedup`), else ""."""
-    return "≥ " if summary.get("at_least") else ""
+    """"≥ " before a summarized speedup that is a lower bound, "≤ " before an upper bound (see
+    :func:`speedup`), else ""."""
+    return "≥ " if summary.get("at_least") else "≤ " if summary.get("at_most") else ""
 
 
 #: how a speedup's interval is made, in the words reports print beside it
 INTERVAL_METHOD = "95 % t-interval of the mean log speedup over seeds"
 
 
-def summarize_ratios(ratios: Sequence[Optional[float]], level: float = 0.95, at_least: Sequence[bool] = ()) -> dict[str, Any]:
+def summarize_ratios(ratios: Sequence[Optional[float]], level: float = 0.95, at_least: Sequence[bool] = (),
+                     at_most: Sequence[bool] = ()) -> dict[str, Any]:  # fmt: skip
     """Per-seed speedups → geometric mean, a Student-t interval of the mean log speedup (back on the
-    ratio scale) and a verdict. ``at_least`` marks per-seed ratios that are lower bounds; if any is,
-    so are the mean and the interval.
+    ratio scale) and a verdict. ``at_least`` marks per-seed ratios that are lower bounds, ``at_most``
+    upper bounds; if any is, so are the mean and the interval (bounds that agree with each other:
+    a lower bound wins a mix, since it is the one that can turn a verdict).
 
     Why a t-interval: with 2–5 seeds a percentile bootstrap of the seeds is their range (three
     seeds: each end is one seed, since all three resamples equal to it has probability 1/27), far
@@ -80,14 +85,16 @@ def summarize_ratios(ratios: Sequence[Optional[float]], level: float = 0.95, at_
     valid = [r for r in ratios if r is not None and r > 0 and math.isfinite(r)]
     if not valid:
         return {"mean": None, "interval": None, "verdict": "not measurable", "seeds": len(ratios), "at_least": False,
-                "method": INTERVAL_METHOD}  # fmt: skip
+                "at_most": False, "method": INTERVAL_METHOD}  # fmt: skip
     logs = np.log(valid)
     mean = float(np.exp(logs.mean()))
     ci = t_interval(logs, level)
     interval = (float(np.exp(ci[0])), float(np.exp(ci[1]))) if ci else None
     bound = any(at_least)
+    upper = not bound and any(at_most)
     words = verdict(interval, len(valid), reference=1.0) + ("; a lower bound (reached by its first evaluation)" if bound else "")
-    return {"mean": mean, "interval": interval, "verdict": words, "seeds": len(valid), "at_least": bound,
+    words += "; an upper bound (the baseline was there by its first evaluation)" if upper else ""
+    return {"mean": mean, "interval": interval, "verdict": words, "seeds": len(valid), "at_least": bound, "at_most": upper,
             "method": INTERVAL_METHOD}  # fmt: skip
 
 
