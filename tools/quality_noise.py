@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 def noise_rows(run_dir: Path, counts: list[int], seeds: int) -> tuple[str, list[str]]:
     from multidiff.pipeline import device_for_inference, load_run, quality, tracked_values
+    from multidiff.report.stats import format_spread, mean_sd
 
     setup, step = load_run(run_dir)
     device = device_for_inference()
@@ -38,11 +39,7 @@ def noise_rows(run_dir: Path, counts: list[int], seeds: int) -> tuple[str, list[
             started = time.perf_counter()
             values.append(tracked_values(setup, quality(setup, model, device, seed=setup.cfg.sample.seed + s, count=n).metrics))
             spent.append(time.perf_counter() - started)
-        cells = []
-        for key in keys:
-            column = [v[key] for v in values]
-            sd = statistics.stdev(column) if len(column) > 1 else None
-            cells.append(f"{statistics.mean(column):.4g}" + (f" ± {sd:.2g}" if sd is not None else ""))
+        cells = [format_spread(*mean_sd([v[key] for v in values])) for key in keys]
         lines.append(f"| {n} | " + " | ".join(cells) + f" | {statistics.mean(spent):.1f} |")
     return f"`{run_dir}` (step {step}; {seeds} sample seeds from {setup.cfg.sample.seed})", lines
 

@@ -24,7 +24,7 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from multidiff.report.stats import bound_mark  # noqa: E402
+from multidiff.report.stats import bound_mark, format_spread  # noqa: E402
 
 OUT = Path("runs/readme")
 
@@ -57,12 +57,6 @@ def command(name: str) -> list[str]:
             "--out", str(OUT / name), "--runs", str(runs)]  # fmt: skip
 
 
-def _cell(mean: Optional[float], sd: Optional[float]) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.4g}" + (f" ± {sd:.2g}" if sd is not None else "")
-
-
 def _speedup(m: dict[str, Any]) -> str:
     sp = m.get("speedup")
     if not sp or sp.get("mean") is None:
@@ -84,7 +78,7 @@ def table(name: str) -> str:
             *[f"{specs[k]['label']} against the strongest fixed ({strongest[k]})" for k in yard]]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in summary["schedules"].items():
-        cells = [_cell(s["metrics"][k]["mean"], s["metrics"][k]["sd"]) for k in specs]
+        cells = [format_spread(s["metrics"][k]["mean"], s["metrics"][k]["sd"]) for k in specs]
         cells += ["baseline" if label == summary["baseline"] else _speedup(s["metrics"][k]) for k in raced]
         cells += ["itself" if label == strongest[k] else _against(s["metrics"][k]["vs_strongest_fixed"]) for k in yard]
         lines.append("| " + " | ".join([label, *cells]) + " |")

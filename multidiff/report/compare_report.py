@@ -34,7 +34,7 @@ from ..schedules.io import load_schedule_file  # noqa: E402
 from ..schedules.registry import is_fixed_method  # noqa: E402
 from .curves import NELBO, final_values, metric_curves  # noqa: E402
 from .plots import density_peak, plot_density_axes, plot_learned_profile_axes  # noqa: E402
-from .stats import bound_mark, mean_sd, paired_difference, speedup, summarize_ratios  # noqa: E402
+from .stats import bound_mark, format_spread, mean_sd, paired_difference, speedup, summarize_ratios  # noqa: E402
 
 
 def refresh_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -73,10 +73,6 @@ def _curves(run_dir: Path) -> dict[str, Any]:
 
 def _fmt(value: Optional[float], nd: int = 4) -> str:
     return "–" if value is None else f"{value:.{nd}g}"
-
-
-def _fmt_spread(mean: Optional[float], sd: Optional[float]) -> str:
-    return "–" if mean is None else _fmt(mean) + (f" ± {sd:.2g}" if sd is not None else "")
 
 
 def _fmt_interval(interval: Optional[tuple[float, float]], nd: int = 3) -> str:
@@ -242,8 +238,8 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
     head = ["schedule", *[spec["label"] for spec in specs.values()], *extra, "density peak σ", "refresh cost"]
     lines += ["## Final values", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for label, s in summary["schedules"].items():
-        cells = [_fmt_spread(s["metrics"][key]["mean"], s["metrics"][key]["sd"]) for key in specs]
-        cells += [_fmt_spread(*s["headline"].get(h, (None, None))) for h in extra]
+        cells = [format_spread(s["metrics"][key]["mean"], s["metrics"][key]["sd"]) for key in specs]
+        cells += [format_spread(*s["headline"].get(h, (None, None))) for h in extra]
         cost = s["refresh_cost"]
         cost_txt = f"{cost['steps_per_refresh']:.3g} steps/refresh ({100 * cost['share']:.1f}% of training)" if cost else "–"
         peak = _peaks(tables.get(label, {}))

@@ -118,6 +118,11 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> Optional[tuple[f
     return float(v.mean() - half), float(v.mean() + half)
 
 
+def format_spread(mean: Optional[float], sd: Optional[float]) -> str:
+    """"mean ± sd" as reports and tables print it (4 and 2 significant digits; "–" for no mean)."""
+    return "–" if mean is None else f"{mean:.4g}" + (f" ± {sd:.2g}" if sd is not None else "")
+
+
 def mean_sd(values: Sequence[Optional[float]]) -> tuple[Optional[float], Optional[float]]:
     """Mean and sample standard deviation (None when undefined)."""
     v = [x for x in values if x is not None and math.isfinite(x)]
