@@ -248,6 +248,25 @@ def test_infonoise_rejects_nonfinite_statistics():
         s.refresh(1)
 
 
+@pytest.mark.parametrize("temper", [0.5, 2.0, 4.0])
+def test_a_tempered_profile_is_the_normalized_power_of_the_rate(temper):
+    """temper = ξ: for a Gaussian with σ_data = 1 the rate is mmse/σ² = 1/(1 + σ²) exactly, so with a flat
+    weight and the gate far below the range the density is ∝ (1 + σ²)^(-ξ), normalized over ln σ."""
+    from multidiff.schedules.infonoise import infonoise_profile
+
+    u = np.linspace(np.log(0.002), np.log(80.0), 400)
+    sigma2 = np.exp(2 * u)
+    prof = infonoise_profile(u, sigma2 / (1 + sigma2), np.ones_like(u), gate_c=1e-9, temper=temper)
+    expected = (1 + sigma2) ** -temper
+    expected /= float((expected * np.gradient(u)).sum())
+    np.testing.assert_allclose(prof.density, expected, rtol=1e-6)
+    grid = torch.linspace(CTX.u_min, CTX.u_max, 2001)
+    sharper = learned_infonoise(temper=temper).pdf(grid).max() > learned_infonoise().pdf(grid).max()
+    assert bool(sharper) == (temper > 1)  # the schedule's peak rises when ξ > 1 and falls when ξ < 1
+    with pytest.raises(ValueError, match="temper"):
+        InfoNoise(CTX, InfoNoiseParams(temper=0.0))
+
+
 @pytest.mark.parametrize("base", ["edm", "laplace"])
 def test_a_defensive_mixture_keeps_the_base_share_everywhere(base):
     """defensive = α: the learned density never gives a region less than α·(1 − floor) of what the

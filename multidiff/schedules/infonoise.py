@@ -11,8 +11,9 @@ x0-space error ``e``), so the profile costs no extra forward passes:
    end with ``g(σ) = σⁿ / (σⁿ + cⁿ)``, divides by the fixed loss weight so the *effective*
    allocation p(u)·w(σ) follows r·g (``allocation: effective``, the paper's reading; with
    ``allocation: density`` the sampling density itself follows r·g and the loss weight adds its own
-   emphasis on top), mixes in the base density with weight ``defensive`` (0 by default) and a
-   small log-uniform floor;
+   emphasis on top), raises the gated density to the power ``temper`` (1 by default: ξ > 1
+   concentrates the samples around the rate's peak, as a narrow fixed density does), mixes in the
+   base density with weight ``defensive`` (0 by default) and a small log-uniform floor;
 3. before ``warmup`` steps it samples from a base density (EDM by default).
 
 The onset rule for the gate's c (when not pinned), ``onset: peak`` (default): normalize the ungated
@@ -58,6 +59,7 @@ class InfoNoiseParams:
     allocation: str = "effective"  # effective: p·w ∝ rate·gate (divide by the loss weight) | density: p ∝ rate·gate
     floor: float = 0.03  # mixture weight of log-uniform, so no bin starves
     defensive: float = 0.0  # mixture weight of the base density: no region gets less than this share of the base's samples
+    temper: float = 1.0  # exponent ξ on the gated density (p ∝ (r·g/w)^ξ): > 1 sharpens it toward its peak, < 1 flattens it
 
 
 def low_noise_gate(sigma: np.ndarray, c: float, n: float) -> np.ndarray:
@@ -109,6 +111,7 @@ def infonoise_profile(
     sigma_min: Optional[float] = None,
     onset: str = "peak",
     allocation: str = "effective",
+    temper: float = 1.0,
 ) -> Profile:
     """The InfoNoise density on bin centres u (ln σ) from per-bin mmse estimates and w(σ)."""
     sigma = np.exp(u)
@@ -127,6 +130,9 @@ def infonoise_profile(
         c = float(sigma_min if sigma_min is not None else sigma[0])
     g = low_noise_gate(sigma, c, gate_n)
     density = ungated * g
+    if temper != 1.0:  # in log space around the peak, so a large ξ cannot underflow the whole table
+        log_density = np.log(np.maximum(density, 1e-300))
+        density = np.exp(temper * (log_density - log_density.max()))
     du = np.gradient(u)
     density = density / float((density * du).sum())
     return Profile(u=u, mmse=mmse, rate=rate, gate=g, density=density, c=c, rule=rule)
@@ -148,6 +154,7 @@ class InfoNoise(BinnedSchedule):
         check(p.gate_c is None or p.gate_c > 0, "gate_c must be a positive σ or null")
         check(p.onset in ("peak", "tail"), "onset must be peak or tail")
         check(p.allocation in ("effective", "density"), "allocation must be effective or density")
+        check(0 < p.temper <= 8, "temper must be in (0, 8]")
         super().__init__(ctx, p, fixed_schedule(p.base, ctx))
         self.profile: Optional[Profile] = None
 
@@ -172,6 +179,7 @@ class InfoNoise(BinnedSchedule):
             sigma_min=self.ctx.sigma_min,
             onset=p.onset,
             allocation=p.allocation,
+            temper=p.temper,
         )
         dens = self.profile.density  # on the bin centres; the table spans the range, flat at the ends
         grid = np.concatenate([[self.ctx.u_min], centers, [self.ctx.u_max]])
@@ -207,7 +215,8 @@ class InfoNoise(BinnedSchedule):
             return [f"still in its warm-up ({self.params.base} until step {self.params.warmup})"] if not self.active else []
         how = {"pinned": "pinned", "onset": f"onset rule, p = {self.params.onset_p:g}"}.get(self.profile.rule, self.profile.rule)
         return [f"low-noise gate at σ = {self.profile.c:.3g} ({how}, n = {self.params.gate_n:g}); "
-                f"allocation: {self.params.allocation}"]  # fmt: skip
+                f"allocation: {self.params.allocation}"
+                + (f", tempered ξ = {self.params.temper:g}" if self.params.temper != 1.0 else "")]  # fmt: skip
 
     def to_table(self, n: int = 256) -> ScheduleTable:
         table = super().to_table(n)
