@@ -27,7 +27,8 @@ import torch
 from torch import Tensor
 
 from multidiff import interop
-from multidiff.diffusion.sampling import euler, from_schedule, heun
+from multidiff.diffusion.sampling import euler, heun
+from multidiff.schedules.grids import from_schedule
 
 S = 0.5  # std of the Gaussian data the exact denoiser knows
 

@@ -1,7 +1,8 @@
-"""The ``multidiff`` command line: it parses arguments and calls the pipeline (``pipeline.py``).
+"""The ``multidiff`` command line: it parses arguments and calls the pipeline (``multidiff.pipeline``).
 
-Bad input is one line on stderr (``multidiff: error: ...``) and exit status 2, never a traceback;
-an existing run directory is never overwritten unless --resume or --overwrite says so.
+Bad input is one line on stderr (``multidiff: error: ...``, whether argparse or the pipeline found
+it) and exit status 2, never a traceback; an existing run directory is never overwritten unless
+--resume or --overwrite says so. ``--help`` shows every flag with its default.
 """
 from __future__ import annotations
 
@@ -9,14 +10,59 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, NoReturn, Optional
 
 from .errors import Terminated, UserError
+from .rundir import RunDir
+
+MAX_SEEDS = 100  # a comparison trains every schedule this many times
+ACCELERATORS = ["cpu", "gpu", "cuda", "mps", "auto"]
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, status 2
-        self.exit(2, f"{self.prog}: error: {message}\n")
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _DefaultsShown)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str) -> NoReturn:  # one line, status 2, the same prefix as every other error
+        command = self.prog.split(" ", 1)[1] if " " in self.prog else ""
+        self.exit(2, f"multidiff: error: {message}{f' (see multidiff {command} --help)' if command else ''}\n")
+
+
+class _DefaultsShown(argparse.HelpFormatter):
+    """Help that states each flag's default where it has one (argparse's own formatter also prints
+    "default: None" for flags whose absence means "the recipe's value")."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if "default" in text or default in (None, False, [], argparse.SUPPRESS) or action.option_strings == []:
+            return text
+        return f"{text} (default: {default})"
+
+
+def parse_seeds(text: str, recipe_seed: int) -> list[int]:
+    """``--seeds``: a count K (the recipe's seed, +1, ..., +K−1) or a comma-separated list of seeds."""
+    from .recipe import MAX_SEED
+
+    parts = [p.strip() for p in str(text).split(",")]
+    if not all(p.isdigit() for p in parts):
+        raise UserError(f"--seeds {text!r}: give a count (3) or a comma-separated list of seeds (0,1,2)")
+    if len(parts) == 1:
+        count = int(parts[0])
+        if not 1 <= count <= MAX_SEEDS:
+            raise UserError(f"--seeds must be a count between 1 and {MAX_SEEDS} (or a list of seeds), got {count}")
+        seeds = [recipe_seed + i for i in range(count)]
+    else:
+        seeds = [int(p) for p in parts]
+        if len(set(seeds)) != len(seeds):
+            raise UserError(f"--seeds {text}: a seed is listed twice")
+        if len(seeds) > MAX_SEEDS:
+            raise UserError(f"--seeds lists {len(seeds)} seeds; at most {MAX_SEEDS}")
+    bad = [s for s in seeds if s > MAX_SEED]
+    if bad:
+        raise UserError(f"--seeds: seed {bad[0]} is above {MAX_SEED}")
+    return seeds
 
 
 def main(argv: Optional[list[str]] = None) -> int:
@@ -78,14 +124,16 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a recipe (optionally against the EDM baseline)")
     t.add_argument("recipe", help="recipe YAML file")
     t.add_argument("--schedule", help="schedule name (see `multidiff schedule list`) or a schedule file .json")
-    t.add_argument("--compare-to", metavar="SCHEDULE", help="also train this schedule (e.g. edm) under the same seed and budget, and compare")
+    t.add_argument("--baseline", metavar="SCHEDULE",
+                   help="also train this schedule (e.g. edm) under the same seed and budget, and compare against it")
+    t.add_argument("--compare-to", dest="compare_to", metavar="SCHEDULE", help=argparse.SUPPRESS)  # the old name of --baseline
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe value, e.g. train.lr=1e-3 or schedule.warmup=200")
-    t.add_argument("--max-steps", type=int)
-    t.add_argument("--out", help="run directory (default runs/NAME-SCHEDULE)")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--accelerator", choices=["cpu", "gpu", "cuda", "mps", "auto"])
-    t.add_argument("--devices", help="number of devices (or 'auto')")
-    t.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    t.add_argument("--max-steps", type=int, metavar="N", help="training steps (train.max_steps; default: the recipe's)")
+    t.add_argument("--out", help="run directory (default: runs/NAME-SCHEDULE)")
+    t.add_argument("--seed", type=int, metavar="S", help="the run's seed: initial weights, data order, σ's and noise (default: the recipe's)")
+    t.add_argument("--accelerator", choices=ACCELERATORS, help="train.accelerator (default: the recipe's)")
+    t.add_argument("--devices", help="number of devices, or 'auto' (train.devices; default: the recipe's)")
+    t.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed (train.precision; default: the recipe's)")
     t.add_argument("--print-recipe", action="store_true",
                    help="check the recipe, its data and model, print the resolved recipe and exit (nothing is written)")
     mode = t.add_mutually_exclusive_group()
@@ -94,12 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     s = sub.add_parser("sample", help="generate samples from a run")
-    s.add_argument("run_dir")
-    s.add_argument("--n", type=int)
-    s.add_argument("--steps", type=int)
-    s.add_argument("--sigmas", help="karras | loguniform | learned | FILE.json")
-    s.add_argument("--sampler", choices=["heun", "euler"])
-    s.add_argument("--seed", type=int)
+    s.add_argument("run_dir", help="a run directory (trained by `multidiff train` or `compare`)")
+    s.add_argument("--n", type=int, help="number of samples (default: the recipe's sample.n)")
+    s.add_argument("--steps", type=int, help="sampler steps (default: the recipe's sample.steps)")
+    s.add_argument("--sigmas", help="the σ grid: karras | loguniform | learned | FILE.json (default: the recipe's sample.sigmas)")
+    s.add_argument("--sampler", choices=["heun", "euler"], help="default: the recipe's sample.sampler")
+    s.add_argument("--seed", type=int, help="the sampler's seed (default: the recipe's sample.seed)")
     s.add_argument("--given", action="append", default=[], metavar="MODALITY=heldout|FILE",
                    help="joint runs: hold a modality fixed (held-out examples or a file) and generate the others")
     s.add_argument("--only", metavar="MODALITY", help="joint runs: generate one modality alone (the others at σ_max)")
@@ -108,22 +156,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_sample)
 
     e = sub.add_parser("eval", help="evaluate a run: NELBO and sample metrics → eval.json")
-    e.add_argument("run_dir")
+    e.add_argument("run_dir", help="a run directory; eval.json is written again from its last checkpoint")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("compare", help="train several schedules under the same seeds, budget, model and evaluation; write report.md")
     c.add_argument("recipe", help="recipe YAML file")
     c.add_argument("--schedules", required=True, help="comma-separated schedule names or files, e.g. edm,infonoise,crs")
-    c.add_argument("--max-steps", type=int, help="training steps of every run (default: the recipe's)")
-    c.add_argument("--seeds", type=int, default=1, help="seeds per schedule: the recipe's seed, +1, ... (default 1)")
+    c.add_argument("--max-steps", type=int, metavar="N", help="training steps of every run (default: the recipe's)")
+    c.add_argument("--seeds", default="1", metavar="K|S,S,...",
+                   help="a count K (the recipe's seed, +1, ..., +K-1) or a comma-separated list of seeds, e.g. 0,1,2")
     c.add_argument("--baseline", help="schedule whose final NELBO the others race to (default: edm if listed, else the first)")
-    c.add_argument("--out", help="output directory (default runs/NAME-compare); runs go to OUT/SCHEDULE/seedS")
+    c.add_argument("--out", help="output directory (default: runs/NAME-compare); runs go to OUT/SCHEDULE/seedS")
     c.add_argument("--runs", help="where the runs live (RUNS/SCHEDULE/seedS; default OUT): several reports can share them")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe value for every run; schedule.KEY=V applies to the schedules with parameter KEY")  # fmt: skip
-    c.add_argument("--accelerator", choices=["cpu", "gpu", "cuda", "mps", "auto"])
-    c.add_argument("--devices", help="number of devices (or 'auto')")
-    c.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed")
+    c.add_argument("--accelerator", choices=ACCELERATORS, help="train.accelerator (default: the recipe's)")
+    c.add_argument("--devices", help="number of devices, or 'auto' (train.devices; default: the recipe's)")
+    c.add_argument("--precision", help="Lightning precision, e.g. 32-true, bf16-mixed (train.precision; default: the recipe's)")
     c.add_argument("--overwrite", action="store_true", help="retrain every run instead of reusing or resuming them")
     c.set_defaults(func=cmd_compare)
 
@@ -132,19 +181,19 @@ def build_parser() -> argparse.ArgumentParser:
     ls = ssub.add_parser("list", help="schedule names with their parameters and defaults")
     ls.set_defaults(func=cmd_schedule_list)
     sh = ssub.add_parser("show", help="summarize a schedule file and plot it against EDM's density")
-    sh.add_argument("file")
+    sh.add_argument("file", help="a schedule file (.json)")
     sh.add_argument("-o", "--output", help="PNG path (default: next to the file)")
     sh.set_defaults(func=cmd_schedule_show)
     ex = ssub.add_parser("export", help="copy a run's learned schedule to a file")
-    ex.add_argument("run_dir")
-    ex.add_argument("-o", "--output", required=True)
-    ex.add_argument("--overwrite", action="store_true")
+    ex.add_argument("run_dir", help="a run directory")
+    ex.add_argument("-o", "--output", required=True, help="where to write the schedule file (.json)")
+    ex.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
     ex.set_defaults(func=cmd_schedule_export)
     sg = ssub.add_parser("sigmas", help="print a sampling σ list (for k-diffusion / diffusers) from a schedule file")
-    sg.add_argument("file")
-    sg.add_argument("--steps", type=int, default=32)
+    sg.add_argument("file", help="a schedule file (.json)")
+    sg.add_argument("--steps", type=int, default=32, help="sampling steps K")
     sg.add_argument("--mix", type=float, help="share of EDM's rho-spacing mixed into the learned density (0: the learned density alone; default: the recipes' sample.grid_mix)")
-    sg.add_argument("--rho", type=float, default=7.0)
+    sg.add_argument("--rho", type=float, default=7.0, help="ρ of EDM's grid, the part mixed in")
     sg.add_argument("--format", default="k-diffusion", choices=SIGMA_FORMATS,
                     help="k-diffusion: the K+1 σ's (default); diffusers-euler: σ's for EulerDiscreteScheduler.set_timesteps(sigmas=...); "
                          "diffusers-heun: the 2K interleaved σ's HeunDiscreteScheduler steps through (its .sigmas); "
@@ -173,18 +222,22 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .pipeline import train
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    if args.compare_to is not None:
+        if args.baseline is not None:
+            raise UserError("--compare-to is the old name of --baseline: give one of them")
+        print("multidiff: --compare-to is now --baseline (the old name still works for now)", file=sys.stderr)
+    baseline = args.baseline if args.baseline is not None else args.compare_to
     if args.print_recipe:
         from .pipeline import resolved_recipe_text
 
-        if args.compare_to or args.resume or args.overwrite:
-            raise UserError("--print-recipe shows the recipe of one new run: drop --compare-to, --resume and --overwrite")
+        if baseline or args.resume or args.overwrite:
+            raise UserError("--print-recipe shows the recipe of one new run: drop --baseline, --resume and --overwrite")
         print(resolved_recipe_text(args.recipe, schedule=args.schedule, overrides=_overrides(args)), end="")
         return 0
-    train(args.recipe, schedule=args.schedule, overrides=_overrides(args), out=args.out, mode=mode, compare_to=args.compare_to)
+    train(args.recipe, schedule=args.schedule, overrides=_overrides(args), out=args.out, mode=mode, baseline=baseline)
     return 0
 
 
-MAX_SEEDS = 100  # a comparison trains every schedule this many times
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -192,12 +245,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .plans import parse_schedules
     from .recipe import load_recipe_file, resolve
 
-    if not 1 <= args.seeds <= MAX_SEEDS:
-        raise UserError(f"--seeds must be between 1 and {MAX_SEEDS}, got {args.seeds}")
     raw = load_recipe_file(args.recipe)
     overrides = _overrides(args)
     recipe = resolve(raw, args.recipe, [o for o in overrides if not o.strip().startswith("schedule.")])
-    seeds = [int(recipe["seed"]) + i for i in range(args.seeds)]
+    seeds = parse_seeds(args.seeds, int(recipe["seed"]))
     run_comparison(raw, args.recipe, parse_schedules(args.schedules), seeds=seeds, overrides=overrides,
                    out=args.out or f"runs/{recipe['name']}-compare", baseline=args.baseline, overwrite=args.overwrite,
                    runs=args.runs)  # fmt: skip
@@ -218,7 +269,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     result = evaluate_existing(Path(args.run_dir))
     print(json.dumps({k: v for k, v in result.items() if k not in ("classifier",)}, indent=1))
-    print(f"wrote {Path(args.run_dir) / 'eval.json'}")
+    print(f"wrote {RunDir(args.run_dir).eval_json}")
     return 0
 
 
@@ -277,7 +328,7 @@ def _plot_path(source: Path, output: Optional[str]) -> Path:
 def cmd_schedule_export(args: argparse.Namespace) -> int:
     from .schedules.io import load_schedule_file
 
-    src = Path(args.run_dir) / "schedule.json"
+    src = RunDir(args.run_dir).schedule_file()
     if not src.is_file():
         raise UserError(f"{args.run_dir} has no schedule.json (is it a multidiff run directory?)")
     load_schedule_file(src)  # validate before copying
@@ -299,7 +350,7 @@ SIGMA_FORMATS = ("k-diffusion", "diffusers-euler", "diffusers-heun", "diffusers-
 
 def cmd_schedule_sigmas(args: argparse.Namespace) -> int:
     from . import interop
-    from .diffusion.sampling import GRID_MIX, from_schedule
+    from .schedules.grids import GRID_MIX, from_schedule
 
     if args.steps <= 0:
         raise UserError("--steps must be positive")

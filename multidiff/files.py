@@ -10,15 +10,16 @@
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator
 
 from .errors import UserError
 
 LOCK_NAME = ".multidiff.lock"
+HOLDER_NAME = ".multidiff.lock.pid"  # the holder's pid, for the error a second process gets
+LOCK_FILES = (LOCK_NAME, HOLDER_NAME)
 
 
 @contextlib.contextmanager
@@ -75,50 +76,52 @@ def user_path_error(exc: OSError, what: str) -> UserError:
 
 
 class RunLock:
-    """Exclusive lock on a directory (``DIR/.multidiff.lock``); ``acquire`` raises a one-line error
-    naming the holder when another live process has it."""
+    """Exclusive lock on a directory (``DIR/.multidiff.lock``, through ``filelock``: flock on POSIX,
+    msvcrt on Windows, released by the system when the process dies); ``acquire`` raises a one-line
+    error naming the holder's pid when another process has it."""
 
     def __init__(self, directory: str | os.PathLike) -> None:
         self.directory = Path(directory)
         self.path = self.directory / LOCK_NAME
-        self._fd: Optional[int] = None
+        self.holder_path = self.directory / HOLDER_NAME
+        self._lock: Any = None
         self._made_directory = False
 
     def acquire(self) -> "RunLock":
-        import fcntl
+        from filelock import FileLock, Timeout
 
         try:
             self._made_directory = not self.directory.exists()
             self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             raise user_path_error(exc, "write into") from None
+        lock = FileLock(str(self.path), timeout=0)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            lock.acquire()
+        except Timeout:
+            raise UserError(f"{self.directory} is in use by another multidiff process{_read_holder(self.holder_path)}; "
+                            "wait for it to finish or use another --out") from None  # fmt: skip
         except OSError as exc:
-            holder = _read_holder(fd)
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise UserError(
-                    f"{self.directory} is in use by another multidiff process{holder}; wait for it to finish or use another --out"
-                ) from None
             raise user_path_error(exc, "lock") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
+        self._lock = lock
+        with contextlib.suppress(OSError):  # only a hint for the error above
+            self.holder_path.write_text(f"{os.getpid()}\n")
         return self
 
     def release(self) -> None:
         """Drop the lock; a directory this lock created and nothing else wrote into goes too (a
         refused or failed command leaves no folder behind)."""
-        if self._fd is None:
+        if self._lock is None:
             return
-        if self._made_directory and not has_content(self.directory):
+        with contextlib.suppress(OSError):
+            self.holder_path.unlink()
+        remove = self._made_directory and not has_content(self.directory)
+        self._lock.release()
+        self._lock = None
+        if remove:
             with contextlib.suppress(OSError):
-                self.path.unlink()
+                self.path.unlink(missing_ok=True)
                 self.directory.rmdir()
-        os.close(self._fd)  # closing the descriptor drops the flock
-        self._fd = None
 
     def __enter__(self) -> "RunLock":
         return self.acquire()
@@ -127,10 +130,10 @@ class RunLock:
         self.release()
 
 
-def _read_holder(fd: int) -> str:
+def _read_holder(path: Path) -> str:
     try:
-        pid = os.pread(fd, 32, 0).decode().strip()
-    except OSError:
+        pid = path.read_text()[:32].strip()
+    except (OSError, UnicodeDecodeError):
         return ""
     return f" (pid {pid})" if pid.isdigit() else ""
 
@@ -142,7 +145,7 @@ def has_content(directory: Path) -> bool:
         return False
     if not directory.is_dir():
         return True
-    return any(p.name != LOCK_NAME for p in directory.iterdir())
+    return any(p.name not in LOCK_FILES for p in directory.iterdir())
 
 
 def clear_directory(directory: Path) -> None:
@@ -150,7 +153,7 @@ def clear_directory(directory: Path) -> None:
     import shutil
 
     for p in Path(directory).iterdir():
-        if p.name == LOCK_NAME:
+        if p.name in LOCK_FILES:
             continue
         try:
             if p.is_dir() and not p.is_symlink():

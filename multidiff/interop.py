@@ -1,6 +1,6 @@
 """multidiff σ grids in the terms other samplers take (k-diffusion, diffusers).
 
-A multidiff grid (:func:`multidiff.diffusion.sampling.from_schedule`, ``multidiff schedule
+A multidiff grid (:func:`multidiff.schedules.grids.from_schedule`, ``multidiff schedule
 sigmas``) is K descending VE noise levels σ followed by a final 0.0. The σ's must be in the units of
 the model that will be sampled: for a schedule learned through ``multidiff.DDPM(alphas_cumprod,
 sigma_data)`` they are diffusers' own σ = √((1 − ᾱ)/ᾱ) whatever ``sigma_data`` was.

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .diffusion.precond import edm_output_variance
 from .errors import UserError
 
 TARGETS = ("x0", "eps", "v", "velocity", "F")
@@ -94,8 +95,7 @@ class Parameterization:
         if target == "velocity":
             return s2 / (1 + sigma.double()) ** 2
         if target == "F":
-            d2 = self.sigma_data**2
-            return s2 * d2 / (s2 + d2)
+            return edm_output_variance(sigma.double(), self.sigma_data)
         raise UserError(f"target must be one of {', '.join(TARGETS)}, got {target!r}")
 
     def x0_weight(self, target: str) -> Callable[[Tensor], Tensor]:

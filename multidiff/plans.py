@@ -9,7 +9,6 @@ Everything is validated before anything is trained, so a typo fails at once, not
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -17,7 +16,7 @@ from typing import Any, Optional
 from .errors import UserError
 from .files import has_content
 from .recipe import RESUMABLE_KEYS, differences, flatten, load_recipe_file, resolve, select_schedule
-from .schedules.base import ScheduleContext
+from .rundir import RunDir
 from .schedules.registry import REGISTRY, build_schedule, is_schedule_file
 
 #: settings a reused or resumed run of a comparison may differ in (how it ran, not what it learned);
@@ -99,8 +98,8 @@ def plan_runs(raw: dict[str, Any], source: str, schedules: list[str], seeds: lis
 
 def _validate_schedule(recipe: dict[str, Any]) -> None:
     """Build the plan's schedule(s) once, so a bad parameter fails before anything is trained."""
-    from .diffusion.weighting import get_weighting
     from .recipe import schedule_specs
+    from .schedules.api import schedule_context
 
     d = recipe["diffusion"]
     for key, spec in schedule_specs(recipe).items():
@@ -108,27 +107,18 @@ def _validate_schedule(recipe: dict[str, Any]) -> None:
         name = spec.pop("name")
         given = d["sigma_data"]
         sigma_data = float((given.get(key) if isinstance(given, dict) else given) or 1.0)  # measured later; any works here
-        weight = get_weighting(d["weighting"], sigma_data)
-        build_schedule(name, spec, ScheduleContext(float(d["sigma_min"]), float(d["sigma_max"]), sigma_data, weight, d["weighting"]))
-
-
-def read_eval(run_dir: Path) -> Optional[dict[str, Any]]:
-    path = Path(run_dir) / "eval.json"
-    try:
-        return json.loads(path.read_text()) if path.is_file() else None
-    except ValueError:
-        return None  # a damaged eval.json: the run is evaluated again
+        build_schedule(name, spec, schedule_context(d["sigma_min"], d["sigma_max"], sigma_data, d["weighting"]))
 
 
 def trained_steps(plan: RunPlan) -> Optional[int]:
     """Steps of the run's last evaluation (eval.json), if it has one."""
-    ev = read_eval(plan.run_dir)
+    ev = RunDir(plan.run_dir).read_eval()
     return int(ev["step"]) if ev and "step" in ev else None
 
 
 def finished(plan: RunPlan) -> bool:
     """True when the run directory holds this plan's finished evaluation (reused, not retrained)."""
-    return trained_steps(plan) == int(plan.recipe["train"]["max_steps"]) and (plan.run_dir / "checkpoints" / "last.ckpt").is_file()
+    return trained_steps(plan) == int(plan.recipe["train"]["max_steps"]) and RunDir(plan.run_dir).last_checkpoint.is_file()
 
 
 def reuse_problem(plan: RunPlan, resolved: dict[str, Any], defaults: Optional[dict[str, Any]] = None) -> Optional[str]:
@@ -140,7 +130,7 @@ def reuse_problem(plan: RunPlan, resolved: dict[str, Any], defaults: Optional[di
     compared only when the plan gives one.
     """
     run_dir = plan.run_dir
-    path = run_dir / "recipe.yaml"
+    path = RunDir(run_dir).recipe
     if not path.is_file():
         if has_content(run_dir):
             return f"{run_dir} exists and is not a multidiff run; use another --out"

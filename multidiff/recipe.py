@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 import yaml
 
 from .errors import UserError
+from .schedules.grids import GRID_MIX
 from .textdata import parse_yaml  # the bounded loader every recipe and --set value goes through
 
 # ---- the typed sections ---------------------------------------------------------------------------
@@ -38,9 +39,12 @@ class TrainConfig:
     """The optimization. Steps are optimizer steps."""
 
     max_steps: int = 2000
-    batch_size: int = 64
+    batch_size: int = 64  # examples per micro-batch and process; an optimizer step sees batch_size × accumulate_grad_batches × processes
+    accumulate_grad_batches: int = 1  # micro-batches whose gradients are summed into one optimizer step
     lr: float = 2e-3
     lr_warmup: int = 100  # steps of linear learning-rate warm-up
+    lr_decay: str = "constant"  # after the warm-up: constant | cosine | linear, down to lr × lr_final at max_steps
+    lr_final: float = 0.0  # the decayed rate at max_steps, as a fraction of lr (cosine, linear)
     weight_decay: float = 0.0
     grad_clip: Optional[float] = 1.0
     ema_decay: float = 0.999  # EMA of weights, used for validation, sampling and evaluation
@@ -50,6 +54,9 @@ class TrainConfig:
     strategy: str = "auto"  # Lightning strategy for several devices: auto (DDP) | ddp | fsdp
     compile: bool = False  # torch.compile the backbone (GPU recipes; slow to start on a CPU)
     logger: Union[str, list] = "csv"  # csv (always) plus any of tensorboard, wandb, mlflow
+    # per logger, what its Lightning logger takes, e.g. {wandb: {entity: me, group: ablation}, mlflow: {tracking_uri: ...}};
+    # unset, W&B and MLflow read their usual environment (WANDB_PROJECT, MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME)
+    logger_options: Optional[dict] = None
     log_every: int = 25
     eval_every: int = 250  # steps between validation NELBO evaluations
     checkpoint_every: int = 500
@@ -82,7 +89,7 @@ class SampleConfig:
     sampler: str = "heun"  # heun | euler
     sigmas: str = "karras"  # karras | loguniform | learned | PATH.json
     rho: float = 7.0
-    grid_mix: float = 0.75  # learned grids: share of EDM's ρ-spacing mixed into the learned density (0: the learned density alone)
+    grid_mix: float = GRID_MIX  # learned grids: share of EDM's ρ-spacing mixed into the learned density (0: the learned density alone)
     churn: float = 0.0
     seed: int = 0
     batch: int = 256
@@ -119,7 +126,7 @@ RENAMED = {("eval", "fd_samples"): "quality_samples"}
 #: keys a resumed run (or a reused run in a comparison) may change
 RESUMABLE_KEYS = frozenset({
     "train.max_steps", "train.accelerator", "train.devices", "train.precision", "train.strategy", "train.progress_bar",
-    "train.logger", "train.compile", "train.lr",
+    "train.logger", "train.logger_options", "train.compile", "train.lr",
 })  # fmt: skip
 
 #: seeds (the recipe's, the NELBO's, the sampler's) stay below this, so every seed derived from them
@@ -146,6 +153,7 @@ _CHECKS: dict[tuple[str, str], tuple[Any, str]] = {
     ("train", "max_steps"): _between(1, _COUNT), ("train", "eval_every"): _between(1, _COUNT),
     ("train", "checkpoint_every"): _between(1, _COUNT), ("train", "log_every"): _between(1, _COUNT),
     ("train", "lr_warmup"): _between(0, _COUNT), ("train", "batch_size"): _between(1, _BATCH),
+    ("train", "accumulate_grad_batches"): _between(1, 1024),
     ("train", "lr"): (lambda v: v > 0, "> 0"),  # too large diverges, which training reports in one line
     ("eval", "nelbo_examples"): _between(1, _SAMPLES), ("eval", "nelbo_nodes"): _between(1, 4096),
     ("eval", "nelbo_batch"): _between(1, _BATCH), ("eval", "nelbo_seed"): _between(0, MAX_SEED),
@@ -161,6 +169,8 @@ _CHECKS: dict[tuple[str, str], tuple[Any, str]] = {
     ("train", "grad_clip"): (lambda v: v is None or v > 0, "> 0 or null"),
     ("train", "ema_decay"): (lambda v: 0 <= v < 1, "in [0, 1)"),
     ("train", "strategy"): (lambda v: v in ("auto", "ddp", "fsdp"), "auto, ddp or fsdp"),
+    ("train", "lr_decay"): (lambda v: v in ("constant", "cosine", "linear"), "constant, cosine or linear"),
+    ("train", "lr_final"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
     ("eval", "quality_every"): (lambda v: v is None or 0 <= v <= _COUNT, f">= 0 and at most {_COUNT:g}, or null"),
     ("eval", "nelbo_sigma_min"): (lambda v: v is None or _is_sigma(v), f"between {_SIGMA[0]:g} and {_SIGMA[1]:g}, or null"),
     ("sample", "sampler"): (lambda v: v in ("heun", "euler"), "heun or euler"),

@@ -267,7 +267,7 @@ def test_the_evaluation_classifier_is_accurate_on_held_out_digits(tiny):
 @pytest.fixture(scope="module")
 def runs(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("audio") / "cmp"
-    assert main(["train", str(TINY), "--compare-to", "edm", "--out", str(out)]) == 0
+    assert main(["train", str(TINY), "--baseline", "edm", "--out", str(out)]) == 0
     return out
 
 

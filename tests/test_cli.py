@@ -84,9 +84,9 @@ def test_learned_schedule_file_trains_a_new_run_frozen(run, tmp_path):
 
 
 def test_compare_to_edm_writes_the_comparison_report(tmp_path):
-    """`train --compare-to` is `compare` with two schedules and one seed: the same report."""
+    """`train --baseline` is `compare` with two schedules and one seed: the same report."""
     out = tmp_path / "cmp"
-    assert main(tiny_train_args(out, steps=10, extra=("schedule.warmup=4", "schedule.refresh=4")) + ["--compare-to", "edm"]) == 0
+    assert main(tiny_train_args(out, steps=10, extra=("schedule.warmup=4", "schedule.refresh=4")) + ["--baseline", "edm"]) == 0
     md = (out / "report.md").read_text()
     assert "| infonoise |" in md and "| edm |" in md and "speedup" in md.lower() and "one seed" in md
     for png in ("curves.png", "densities.png", "profiles.png"):

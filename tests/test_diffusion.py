@@ -12,6 +12,7 @@ from multidiff.diffusion.loss import mse_loss
 from multidiff.diffusion.model import binary_recon_nll, gaussian_recon_nll
 from multidiff.diffusion.precond import EDMPrecond, edm_coefficients
 from multidiff.diffusion.weighting import edm_weight
+from multidiff.schedules import grids
 
 
 def gaussian_denoiser(s):
@@ -43,6 +44,20 @@ def test_heun_reproduces_two_points_and_churn_keeps_it():
         assert float((x > 0).float().mean()) == pytest.approx(0.5, abs=0.02)  # in equal proportions
 
 
+@pytest.mark.parametrize("sampler", ["heun", "euler"])
+def test_the_sampler_callback_sees_every_step_and_changes_nothing(sampler):
+    """One call per step, at σ_i in order; the Gaussian denoiser's x0 estimate is the exact shrinkage
+    x·s²/(s² + σ²) of the state it is handed; the samples are bit-identical with or without it."""
+    s, sigmas = 0.7, sampling.karras(12, 0.002, 80.0)
+    x0 = 80.0 * torch.randn(64, 1, generator=torch.Generator().manual_seed(2))
+    seen = []
+    with_cb = sampling.SAMPLERS[sampler](gaussian_denoiser(s), x0.clone(), sigmas, callback=seen.append)
+    assert torch.equal(with_cb, sampling.SAMPLERS[sampler](gaussian_denoiser(s), x0.clone(), sigmas))
+    assert [c["i"] for c in seen] == list(range(12)) and [c["sigma"] for c in seen] == sigmas[:-1].tolist()
+    for c in seen:
+        assert torch.allclose(c["denoised"], c["x"] * s**2 / (s**2 + c["sigma_hat"] ** 2))
+
+
 def test_sampling_is_deterministic_given_a_seed():
     sig = sampling.karras(8, 0.002, 80.0)
     run = lambda seed: sampling.heun(two_point_denoiser, 80 * torch.randn(4, 3, generator=torch.Generator().manual_seed(seed)),  # noqa: E731
@@ -57,7 +72,7 @@ def test_grids():
     lu = sampling.loguniform(10, 0.002, 80.0)
     # equal quantiles of a density uniform in ln σ are exactly the log-uniform grid
     u = np.linspace(math.log(0.002), math.log(80), 50)
-    assert torch.allclose(sampling.from_density(u, np.ones_like(u), 10), lu, rtol=1e-4)
+    assert torch.allclose(grids.from_density(u, np.ones_like(u), 10), lu, rtol=1e-4)
 
 
 def test_infogrid_places_sigmas_at_equal_information():
@@ -68,7 +83,7 @@ def test_infogrid_places_sigmas_at_equal_information():
     rate = np.exp(-((pu - 0.0) ** 2))  # information concentrated around σ = 1
     table = ScheduleTable("infonoise", 0.002, 80.0, u.tolist(), [1.0] * 98, np.linspace(0, 1, 98).tolist(),
                           sampling={"u": pu.tolist(), "density": rate.tolist()})  # fmt: skip
-    sig = sampling.from_schedule(table, 9, mix=0.0)[:-1].double()  # the learned profile alone
+    sig = grids.from_schedule(table, 9, mix=0.0)[:-1].double()  # the learned profile alone
     info = stats.norm(0, math.sqrt(0.5))  # ∝ exp(−u²) is N(0, ½) in u
     q = info.cdf(sig.log().numpy())
     inner = q[1:-1]
@@ -79,7 +94,7 @@ def test_karras_density_is_the_limit_of_the_karras_grid():
     grid = sampling.karras(4001, 0.002, 80.0)[:-1].double().log().numpy()[::-1]
     u = np.linspace(math.log(0.002), math.log(80), 200)
     empirical = np.interp(u, grid[1:], np.arange(1, grid.size) / (grid.size - 1))  # CDF of the grid points
-    model = np.concatenate([[0], np.cumsum(np.diff(u) * 0.5 * (sampling.karras_density(u)[1:] + sampling.karras_density(u)[:-1]))])
+    model = np.concatenate([[0], np.cumsum(np.diff(u) * 0.5 * (grids.karras_density(u)[1:] + grids.karras_density(u)[:-1]))])
     assert np.abs(empirical - model).max() < 2e-3
 
 
@@ -103,8 +118,8 @@ def test_learned_grid_integrates_an_exact_gaussian_denoiser(steps):
                           sampling={"u": u.tolist(), "density": info.tolist()})  # fmt: skip
     x0 = torch.randn(4096, 16, generator=torch.Generator().manual_seed(0))
     ends = {}
-    for name, mix in (("alone", 0.0), ("learned", sampling.GRID_MIX)):
-        grid = sampling.from_schedule(table, steps, mix=mix)
+    for name, mix in (("alone", 0.0), ("learned", grids.GRID_MIX)):
+        grid = grids.from_schedule(table, steps, mix=mix)
         ends[name] = float(sampling.heun(gaussian_denoiser(s), x0 * float(grid[0]), grid).std())
     karras = float(sampling.heun(gaussian_denoiser(s), x0 * 80.0, sampling.karras(steps, 0.002, 80.0)).std())
     assert abs(ends["learned"] - s) < abs(ends["alone"] - s)  # the fix helps at every step count ...
@@ -135,7 +150,7 @@ def test_learned_grid_keeps_the_coarse_scales_of_continuous_data(steps):
         return (end[0] / exact).log().abs()
 
     karras = log_error(sampling.karras(steps, 0.002, 80.0))
-    learned = log_error(sampling.from_schedule(table, steps))
+    learned = log_error(grids.from_schedule(table, steps))
     assert learned.mean() < karras.mean()  # better on the typical scale ...
     assert learned[0] < 2 * karras[0]  # ... and within 2× of EDM's grid on the coarsest (an equal mix: 3×)
 
@@ -155,6 +170,19 @@ def test_precond_and_loss():
     assert torch.allclose(out.error, expected) and torch.allclose(out.loss, edm_weight(sigma, 0.5) * expected)
     assert not out.error.requires_grad
     del net
+
+
+def test_edms_weight_preconditioning_and_f_loss_share_one_coefficient():
+    """c_out² (the preconditioning), 1/w (EDM's loss weight) and an F-MSE's x0 factor are one number,
+    and against the closed form σ²σd²/(σ² + σd²) at a few hand-computed points."""
+    from multidiff.parameterizations import VE
+
+    sigma = torch.tensor([0.002, 0.1, 0.5, 1.0, 10.0, 80.0], dtype=torch.float64)
+    _, c_out, _, _ = edm_coefficients(sigma, 0.5)
+    assert torch.allclose(c_out**2, 1 / edm_weight(sigma, 0.5), rtol=1e-12)
+    assert torch.allclose(VE(sigma_data=0.5).x0_factor(sigma, "F"), c_out**2, rtol=1e-12)
+    assert float(1 / edm_weight(torch.tensor(0.5, dtype=torch.float64), 0.5)) == pytest.approx(0.125)  # 0.0625/0.5
+    assert float(1 / edm_weight(torch.tensor(1.0, dtype=torch.float64), 0.5)) == pytest.approx(0.2)  # 0.25/1.25
 
 
 def test_nelbo_of_exact_gaussian_denoiser_is_the_entropy():

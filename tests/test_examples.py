@@ -18,7 +18,8 @@ from conftest import REPO, tiny_train_args
 import multidiff
 from multidiff import interop
 from multidiff.cli import main
-from multidiff.diffusion.sampling import euler, from_schedule, heun, karras
+from multidiff.diffusion.sampling import euler, heun, karras
+from multidiff.schedules.grids import from_schedule
 from multidiff.schedules.io import load_schedule_file
 
 S = 0.5  # std of the Gaussian data whose exact denoiser the sampler tests use

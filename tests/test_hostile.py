@@ -188,7 +188,7 @@ def test_numbers_are_bounded_by_what_they_feed(setting, message, tmp_path, capsy
 
 
 def test_compare_bounds_its_seed_count(tmp_path, capsys):
-    assert "--seeds must be between 1 and" in refused(capsys, main(["compare", str(RECIPE), "--schedules", "edm", "--seeds", "1000000",
+    assert "--seeds must be a count between 1 and" in refused(capsys, main(["compare", str(RECIPE), "--schedules", "edm", "--seeds", "1000000",
                                                                      "--out", str(tmp_path / "c")]))  # fmt: skip
     assert not (tmp_path / "c").exists()
 

@@ -294,9 +294,9 @@ def test_guided_conditional_sampling_moves_from_the_marginal_through_the_conditi
     """On two correlated Gaussians with their exact denoiser: guidance w mixes the conditional and
     marginal x0 estimates as D_marg + w (D_cond − D_marg) (both known in closed form), w = 1 samples
     b | a ~ N(ρa, 1 − ρ²), w = 0 the marginal N(0, 1) whatever a is, and w > 1 follows a further."""
-    from multidiff.diffusion.sampling import sigma_grid
     from multidiff.domains.joint import JointCondition
     from multidiff.evaluation import generate
+    from multidiff.schedules.grids import sigma_grid
 
     rho, d, n = 0.8, 4, 2000
     model = _gaussian_pair_model(rho, d)
@@ -414,7 +414,7 @@ def test_compare_to_edm_reports_per_modality_densities_and_metrics(tmp_path):
 
     require(shutil.which("espeak-ng") is not None, "espeak-ng")
     out = tmp_path / "cmp"
-    assert main(tiny_joint_args(out, steps=4) + ["--compare-to", "edm"]) == 0
+    assert main(tiny_joint_args(out, steps=4) + ["--baseline", "edm"]) == 0
     md = (out / "report.md").read_text()
     for label in ("image Fréchet distance", "audio Fréchet distance", "joint agreement", "image→audio accuracy", "audio→image accuracy"):
         assert label in md, label

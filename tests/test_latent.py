@@ -226,7 +226,7 @@ def tiny_latent_args(out: Path, steps: int) -> list[str]:
 
 def test_edm_and_infonoise_train_on_latents_and_decode_to_images(tmp_path):
     out = tmp_path / "cmp"
-    assert main(tiny_latent_args(out, steps=6) + ["--compare-to", "edm"]) == 0
+    assert main(tiny_latent_args(out, steps=6) + ["--baseline", "edm"]) == 0
     keys = set()
     for label in ("infonoise", "edm"):
         run = out / label / "seed0"

@@ -47,6 +47,31 @@ def test_resume_continues_exactly(tmp_path):
     assert len(logged) == len(set(logged)) == 4  # log_every=5 over 20 steps
 
 
+def test_gradient_accumulation_counts_optimizer_steps_and_resumes_exactly(tmp_path):
+    """accumulate_grad_batches = 3: every per-step event (refreshes, checkpoints, validations) happens
+    once per optimizer step; the schedule observed 3 micro-batches per step; and a resume at a step
+    boundary continues exactly as the straight run (micro-batch seeding t·N + k)."""
+    acc = (*REFRESH, "train.accumulate_grad_batches=3")
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    assert main(tiny_train_args(straight, steps=20, extra=acc)) == 0
+    assert main(tiny_train_args(halves, steps=10, extra=acc)) == 0
+    assert main(tiny_train_args(halves, steps=20, extra=acc) + ["--resume"]) == 0
+    a, b = _state(straight / "checkpoints" / "last.ckpt"), _state(halves / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 20
+    for key in ("state_dict", "current_model_state"):
+        for name, tensor in a[key].items():
+            assert torch.allclose(tensor, b[key][name], rtol=1e-5, atol=1e-6), (key, name)
+    sched = a["multidiff"]["schedule"]
+    assert [h["step"] for h in sched["history"]] == [4, 8, 12, 16, 20]
+    observed = float(sched["total_counts"].sum() + sched["counts"].sum())
+    assert observed == 20 * 3 * 16  # steps × micro-batches × batch_size: each micro-batch observed once
+    assert sorted(p.name for p in (straight / "checkpoints").glob("step*.ckpt")) == ["step0000010.ckpt", "step0000020.ckpt"]
+    with (straight / "metrics.csv").open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted({int(r["step"]) + 1 for r in rows if r.get("val/nelbo")}) == [10]  # step 20's is eval.json's
+    assert sorted(int(r["step"]) for r in rows if r.get("train/loss")) == [4, 9, 14, 19]
+
+
 def test_resume_refuses_a_changed_recipe(tmp_path, capsys):
     out = tmp_path / "r"
     assert main(tiny_train_args(out, steps=10)) == 0

@@ -111,7 +111,7 @@ def test_the_file_carries_the_sampling_density_and_older_files_still_give_the_in
 
     import numpy as np
 
-    from multidiff.diffusion.sampling import from_schedule
+    from multidiff.schedules.grids import from_schedule
 
     data = json.loads(good.read_text())
     prof, gate = data["profile"], data["gate"]

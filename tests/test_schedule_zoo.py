@@ -9,10 +9,10 @@ import torch
 from scipy import optimize, stats
 from test_schedules import CTX, SCHEDULES, smooth_observations
 
-from multidiff.diffusion.sampling import from_schedule
 from multidiff.metrics.frechet import frechet_distance
 from multidiff.schedules.base import ScheduleContext
 from multidiff.schedules.crs import gaussian_path_speed
+from multidiff.schedules.grids import from_schedule
 from multidiff.schedules.io import load_schedule_file, save_schedule_file
 from multidiff.schedules.registry import REGISTRY, build_schedule, is_fixed_method
 from multidiff.schedules.tabulated import TabulatedSchedule
@@ -217,6 +217,11 @@ def test_isotonic_fit_pools_adjacent_violators():
     y = np.random.default_rng(0).normal(size=200).cumsum()
     fit = isotonic_increasing(y, np.ones_like(y))
     assert (np.diff(fit) >= -1e-12).all() and fit.mean() == pytest.approx(y.mean())
+    from sklearn.isotonic import IsotonicRegression  # another library's fit, with uneven weights
+
+    w = np.random.default_rng(1).uniform(0.1, 5.0, size=200)
+    reference = IsotonicRegression(increasing=True).fit_transform(np.arange(200), y, sample_weight=w)
+    assert np.allclose(isotonic_increasing(y, w), reference, atol=1e-9)
 
 
 def test_timewarp_density_is_the_slope_of_the_fitted_loss():
@@ -280,6 +285,18 @@ def test_curriculum_stage_progression_on_a_synthetic_loss_sequence():
     assert stages[-1] == 3 and s.lo == 0  # the last stage is the plain base, until the end
     base = build_schedule("edm", {}, CTX)
     assert torch.allclose(s.pdf(U.float()), base.pdf(U.float()))
+
+
+@pytest.mark.parametrize("base", ["laplace", "infonoise", "crs"])
+def test_curriculum_wraps_any_registered_base_and_refuses_the_two_it_would_undo(base):
+    """The registry builds the curriculum's base by name (learned ones too); curriculum and adaptive are refused."""
+    from multidiff.errors import UserError
+
+    s = build_schedule("curriculum", {"clusters": 4, "base": base}, CTX)
+    assert s.base.name == base and s.to_table().method == "curriculum"
+    for bad in ("curriculum", "adaptive", "nonesuch"):
+        with pytest.raises(UserError, match="base must be a schedule name other than curriculum and adaptive"):
+            build_schedule("curriculum", {"base": bad}, CTX)
 
 
 def test_curriculum_clusters_are_equal_mass_from_high_noise_down():

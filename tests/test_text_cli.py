@@ -33,7 +33,7 @@ def tiny_text_args(out: Path, steps: int = 10, extra: tuple[str, ...] = ()) -> l
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     out = tmp_path_factory.mktemp("text") / "cmp"
-    assert main(tiny_text_args(out) + ["--compare-to", "edm"]) == 0
+    assert main(tiny_text_args(out) + ["--baseline", "edm"]) == 0
     return out
 
 

@@ -32,7 +32,7 @@ def _cell(values: list[float], percent: bool) -> str:
 
 def guidance_rows(run_dir: Path, scales: list[float], seeds: int) -> tuple[str, list[str]]:
     from multidiff.errors import UserError
-    from multidiff.pipeline import _decoded_samples, device_for_inference, load_run
+    from multidiff.pipeline import decoded_samples, device_for_inference, load_run
 
     setup, step = load_run(run_dir)
     if not setup.domain.conditional_sampling:
@@ -48,7 +48,7 @@ def guidance_rows(run_dir: Path, scales: list[float], seeds: int) -> tuple[str, 
         runs: list[dict[str, Any]] = []
         for s in range(seeds):
             def sample(count: int, condition: Any, seed: int = seed0 + s) -> Any:
-                return _decoded_samples(setup, model, count, device, seed=seed, condition=condition)
+                return decoded_samples(setup, model, count, device, seed=seed, condition=condition)
 
             runs.append(setup.domain.model_metrics(model, sample, setup.data, n, guidance=w))
         cells = [_cell([r[f"cond_{a}_to_{b}"] for r in runs], True) for a, b in pairs]

@@ -4,12 +4,22 @@ The backbone F never sees σ directly, only c_noise = ln(σ)/4; σ is σ (not ln
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
 
+def edm_output_variance(sigma: Any, sigma_data: float) -> Any:
+    """c_out² = σ²·σ_data² / (σ² + σ_data²): the x0 error per unit of error in the backbone's output F
+    (σ, a tensor or a float). EDM's loss weight is its inverse, and an F-MSE is an x0 error times it."""
+    s2, d2 = sigma * sigma, sigma_data * sigma_data
+    return s2 * d2 / (s2 + d2)
+
+
 def edm_coefficients(sigma: Tensor, sigma_data: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """(c_skip, c_out, c_in, c_noise) for noise level σ and data RMS σ_data."""
+    """(c_skip, c_out, c_in, c_noise) for noise level σ and data RMS σ_data. c_out is the square root
+    of :func:`edm_output_variance`, written as k-diffusion writes it so the denoiser matches it bit for bit."""
     s2, d2 = sigma * sigma, sigma_data * sigma_data
     c_skip = d2 / (s2 + d2)
     c_out = sigma * sigma_data / (s2 + d2).sqrt()

@@ -6,11 +6,12 @@ from typing import Callable
 from torch import Tensor
 
 from ..errors import UserError
+from .precond import edm_output_variance
 
 
 def edm_weight(sigma: Tensor, sigma_data: float) -> Tensor:
-    """EDM: (σ² + σd²) / (σ·σd)², which makes the effective target unit-variance at every σ."""
-    return (sigma**2 + sigma_data**2) / (sigma * sigma_data) ** 2
+    """EDM: (σ² + σd²) / (σ·σd)² = 1/c_out², which makes the effective target unit-variance at every σ."""
+    return 1 / edm_output_variance(sigma, sigma_data)
 
 
 def snr_weight(sigma: Tensor, sigma_data: float) -> Tensor:

@@ -1,4 +1,4 @@
-"""The report of a comparison (``multidiff compare`` and ``train --compare-to``): several schedules,
+"""The report of a comparison (``multidiff compare`` and ``train --baseline``): several schedules,
 each trained under the same seeds, budget, model and evaluation. Domain-agnostic: it reads only
 run directories (metrics.csv, eval.json, schedule.json, schedule_history/refreshes.csv).
 
@@ -16,7 +16,6 @@ estimated).
 """
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -28,7 +27,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ..plans import read_eval  # noqa: E402
+from ..rundir import RunDir  # noqa: E402
 from ..schedules.base import ScheduleTable  # noqa: E402
 from ..schedules.io import load_schedule_file  # noqa: E402
 from ..schedules.registry import is_fixed_method  # noqa: E402
@@ -37,17 +36,9 @@ from .plots import density_peak, plot_density_axes, plot_learned_profile_axes  #
 from .stats import bound_mark, format_spread, mean_sd, paired_difference, speedup, summarize_ratios  # noqa: E402
 
 
-def refresh_rows(run_dir: Path) -> list[dict[str, str]]:
-    path = Path(run_dir) / "schedule_history" / "refreshes.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def refresh_cost(run_dir: Path, steps: int) -> Optional[dict[str, float]]:
     """Mean cost of a refresh in training steps, and all refreshes' share of the training time."""
-    rows = [r for r in refresh_rows(run_dir) if r.get("cost_steps")]
+    rows = [r for r in RunDir(run_dir).read_refreshes() if r.get("cost_steps")]
     if not rows or steps <= 0:
         return None
     cost = [float(r["cost_steps"]) for r in rows]
@@ -121,9 +112,7 @@ def race(runs: list[dict[str, Any]], reference: list[dict[str, Any]], key: str, 
 def is_fixed_run(run_dir: Path) -> bool:
     """Whether a run trained under fixed schedules only (closed forms that do not adapt to the data
     or the model), read from the methods its exported schedule files name."""
-    from ..pipeline import schedule_files
-
-    methods = [load_schedule_file(path).table.method for path in schedule_files(run_dir).values()]
+    methods = [load_schedule_file(path).table.method for path in RunDir(run_dir).schedule_files().values()]
     return bool(methods) and all(is_fixed_method(m) for m in methods)
 
 
@@ -149,7 +138,7 @@ def summarize(groups: dict[str, list[Path]], baseline: str) -> dict[str, Any]:
     ``vs_strongest_fixed``)."""
     curves = {label: [_curves(d) for d in runs] for label, runs in groups.items()}
     per_run = {label: [{"curves": c, "finals": final_values(d, c)} for d, c in zip(runs, curves[label])] for label, runs in groups.items()}
-    evals = {label: [read_eval(d) or {} for d in runs] for label, runs in groups.items()}
+    evals = {label: [RunDir(d).read_eval() or {} for d in runs] for label, runs in groups.items()}
     specs = metric_specs([e for es in evals.values() for e in es])
     fixed = [label for label, runs in groups.items() if is_fixed_run(runs[0])]
     out: dict[str, Any] = {"metrics": specs, "schedules": {}, "fixed": fixed}
@@ -252,7 +241,7 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
         if sds:
             noise_lines.append(f"- {spec['label']}: evaluation noise (same weights, other sample seeds) sd ≈ {np.mean(sds):.3g}; "
                                f"differences smaller than that are not resolved by this metric.")  # fmt: skip
-    run_evals = [read_eval(d) or {} for runs in groups.values() for d in runs]
+    run_evals = [RunDir(d).read_eval() or {} for runs in groups.values() for d in runs]
     larger = sorted({(e["quality_samples"], e["final_quality_samples"]) for e in run_evals
                      if e.get("final_quality_samples", 0) > e.get("quality_samples", 0)})  # fmt: skip
     if larger:
@@ -293,7 +282,7 @@ def write_report(groups: dict[str, list[Path]], baseline: str, out_dir: Path, ti
     notes = schedule_notes(tables)
     if notes:
         lines += ["Notes:", ""] + [f"- {n}" for n in notes] + [""]
-    evals = {label: read_eval(runs[0]) or {} for label, runs in groups.items()}
+    evals = {label: RunDir(runs[0]).read_eval() or {} for label, runs in groups.items()}
     domain_notes = evaluation_notes(evals)
     if domain_notes:
         lines += ["Evaluation notes (first seed):", ""] + [f"- {n}" for n in domain_notes] + [""]
@@ -381,9 +370,8 @@ def samples_section(groups: dict[str, list[Path]], evals: dict[str, dict[str, An
 
 def _tables(groups: dict[str, list[Path]]) -> dict[str, dict[str, ScheduleTable]]:
     """Each schedule's final exported tables (first seed), by member ("" for a single schedule)."""
-    from ..pipeline import schedule_files
-
-    return {label: {key: load_schedule_file(path).table for key, path in schedule_files(runs[0]).items()} for label, runs in groups.items()}
+    return {label: {key: load_schedule_file(path).table for key, path in RunDir(runs[0]).schedule_files().items()}
+            for label, runs in groups.items()}
 
 
 def _members(tables: dict[str, dict[str, ScheduleTable]]) -> list[str]:
@@ -413,7 +401,7 @@ TIMING_KEYS = ("refresh_s", "step_s", "cost_steps", "probe_calls", "probe_exampl
 def _record_series(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     """The numeric columns of a run's refresh records (schedule_history/refreshes.csv) over steps."""
     out: dict[str, tuple[list[int], list[float]]] = {}
-    for row in refresh_rows(run_dir):
+    for row in RunDir(run_dir).read_refreshes():
         for key, value in row.items():
             if key in ("step", *TIMING_KEYS) or not value:
                 continue

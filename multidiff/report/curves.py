@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 from typing import Any, Optional
 
-from ..plans import read_eval
+from ..rundir import RunDir
 
 Curve = tuple[list[int], list[float]]
 NELBO = "nelbo"
@@ -21,7 +21,7 @@ def metric_curves(run_dir: Path) -> dict[str, Curve]:
     other points) where the final evaluation drew more samples.
     """
     points: dict[str, dict[int, float]] = {}
-    path = Path(run_dir) / "metrics.csv"
+    path = RunDir(run_dir).metrics
     if path.is_file():
         with path.open(newline="") as f:
             for row in csv.DictReader(f):
@@ -32,7 +32,7 @@ def metric_curves(run_dir: Path) -> dict[str, Curve]:
                         points.setdefault(NELBO, {})[int(float(row["step"])) + 1] = float(value)
                     elif column.startswith("quality/"):
                         points.setdefault(column[len("quality/"):], {})[int(float(row["step"])) + 1] = float(value)
-    ev = read_eval(run_dir) or {}
+    ev = RunDir(run_dir).read_eval() or {}
     if "step" in ev:
         if "nelbo" in ev:
             points.setdefault(NELBO, {})[int(ev["step"])] = float(ev["nelbo"])
@@ -58,7 +58,7 @@ def final_values(run_dir: Path, curves: dict[str, Curve]) -> dict[str, float]:
     """A run's final value of every metric: eval.json's (for sample metrics, on all of the final
     evaluation's samples), else the curve's last point (a run not yet evaluated)."""
     out = {key: values[-1] for key, (_, values) in curves.items() if values}
-    ev = read_eval(run_dir) or {}
+    ev = RunDir(run_dir).read_eval() or {}
     if "nelbo" in ev:
         out[NELBO] = float(ev["nelbo"])
     out.update({key: float(v) for key, v in (ev.get("quality") or {}).items()})

@@ -22,6 +22,27 @@ from .base import Schedule, ScheduleContext
 Weighting = Union[str, Callable[[Tensor], Tensor]]
 
 
+def schedule_context(sigma_min: float, sigma_max: float, sigma_data: float, weighting: Optional[Weighting],
+                     weighting_name: Optional[str] = None, native: Optional[Callable[[ScheduleContext], Schedule]] = None
+                     ) -> ScheduleContext:  # fmt: skip
+    """The one place a :class:`ScheduleContext` is made from settings: σ range (σ, not ln σ), σ_data,
+    and the loss weight by name (``edm``, ``snr``, ``uniform``, ..., built for this σ_data), as a
+    function of σ, or None (a frozen schedule that needs none)."""
+    from ..diffusion.weighting import WEIGHTINGS, get_weighting
+
+    if weighting is None:
+        fn, label = None, weighting_name
+    elif isinstance(weighting, str):
+        if weighting not in WEIGHTINGS:
+            raise UserError(f"weighting must be one of {', '.join(WEIGHTINGS)} or a function of σ, got {weighting!r}")
+        fn, label = get_weighting(weighting, float(sigma_data)), weighting_name or weighting
+    elif callable(weighting):
+        fn, label = weighting, weighting_name or "custom"
+    else:
+        raise UserError(f"weighting must be one of {', '.join(WEIGHTINGS)} or a function of σ, got {weighting!r}")
+    return ScheduleContext(float(sigma_min), float(sigma_max), float(sigma_data), fn, label, native)
+
+
 def make_schedule(name: str, *, sigma_min: float, sigma_max: float, sigma_data: float, weighting: Weighting,
                   weighting_name: Optional[str] = None, native: Optional[Callable[[ScheduleContext], Schedule]] = None,
                   **params: Any) -> Schedule:  # fmt: skip
@@ -34,23 +55,16 @@ def make_schedule(name: str, *, sigma_min: float, sigma_max: float, sigma_data: 
     parameterizations supply it). Bad names or parameters raise :class:`multidiff.UserError` with a
     one-line message.
     """
-    from ..diffusion.weighting import WEIGHTINGS, get_weighting
     from .registry import build_schedule
 
-    if isinstance(weighting, str):
-        fn = get_weighting(weighting, float(sigma_data))
-        label = weighting_name or weighting
-    elif callable(weighting):
-        fn, label = weighting, weighting_name or "custom"
-    else:
-        raise UserError(f"weighting must be one of {', '.join(WEIGHTINGS)} or a function of σ, got {weighting!r}")
-    ctx = ScheduleContext(float(sigma_min), float(sigma_max), float(sigma_data), fn, label, native)
-    return build_schedule(name, params, ctx)
+    if weighting is None:
+        raise UserError("weighting: give the training loss's weight (edm, snr, uniform, ...) or a function of σ")
+    return build_schedule(name, params, schedule_context(sigma_min, sigma_max, sigma_data, weighting, weighting_name, native))
 
 
 def load_schedule(path: Union[str, Path], weighting: Optional[Weighting] = None) -> Schedule:
     """A schedule file as a frozen schedule (its σ range and σ_data as recorded)."""
-    from ..diffusion.weighting import WEIGHTINGS, get_weighting
+    from ..diffusion.weighting import WEIGHTINGS
     from .io import load_schedule_file
     from .tabulated import TabulatedSchedule
 
@@ -60,8 +74,11 @@ def load_schedule(path: Union[str, Path], weighting: Optional[Weighting] = None)
     if isinstance(weighting, str) and weighting not in WEIGHTINGS:
         raise UserError(f"weighting {weighting!r}: choose one of {', '.join(WEIGHTINGS)}, or pass a function of σ")
     name = weighting if isinstance(weighting, str) else meta.get("weighting")
-    fn = weighting if callable(weighting) else get_weighting(name, sigma_data) if name in ("edm", "snr", "uniform") else None
-    ctx = ScheduleContext(t.sigma_min, t.sigma_max, sigma_data, fn, name if isinstance(name, str) else None)
+    if callable(weighting):
+        ctx = schedule_context(t.sigma_min, t.sigma_max, sigma_data, weighting)
+    else:  # a recorded name this version does not know leaves the weight unset, as a frozen schedule needs none
+        ctx = schedule_context(t.sigma_min, t.sigma_max, sigma_data, name if name in WEIGHTINGS else None,
+                               name if isinstance(name, str) else None)  # fmt: skip
     return TabulatedSchedule(ctx, t, source=str(path))
 
 

@@ -19,6 +19,9 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from .density import TabulatedDensity
+from .io import save_schedule_file
+from .table import ScheduleTable
 
 WeightFn = Callable[[Tensor], Tensor]
 #: the σ's a schedule may cover: σ and σ² stay finite and normal in float32 at both ends
@@ -58,31 +61,6 @@ class ScheduleContext:
     @property
     def u_max(self) -> float:
         return math.log(self.sigma_max)
-
-
-@dataclass
-class ScheduleTable:
-    """The tabulated form of a schedule, as exported to a schedule file.
-
-    ``u`` is a grid of ln σ, ``pdf`` the density per unit u on it, ``cdf`` its integral. ``profile``
-    holds what an adaptive schedule estimated (its own ``u`` grid, e.g. ``mmse``, ``rate``,
-    ``counts``); ``gate`` a low-noise gate (InfoNoise); ``params`` the method's parameters;
-    ``sampling`` the density sampling grids are placed by (``u``, ``density``; empty: ``pdf``);
-    ``notes`` plain-language remarks a report or ``schedule show`` prints.
-    """
-
-    method: str
-    sigma_min: float
-    sigma_max: float
-    u: list[float]
-    pdf: list[float]
-    cdf: list[float]
-    profile: dict[str, list[float]] = field(default_factory=dict)
-    gate: dict[str, Any] = field(default_factory=dict)
-    params: dict[str, Any] = field(default_factory=dict)
-    step: int = 0
-    sampling: dict[str, list[float]] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
 
 
 class Probe(Protocol):
@@ -222,8 +200,6 @@ class Schedule:
 
     def to_table(self, n: int = 256) -> ScheduleTable:
         """Tabulate the current density on a uniform grid (exported as the schedule file)."""
-        from .tabulated import TabulatedDensity
-
         u = self.grid(n)
         with torch.no_grad():
             pdf = self.pdf(u.to(self.device, torch.float32)).double().cpu()
@@ -260,8 +236,6 @@ class Schedule:
         """Write the current table as a schedule file (any loop's ``multidiff train --schedule FILE``
         and sampling grids read it). σ_data and the weighting are filled in from the context; ``meta``
         adds ``domain``, ``dataset`` and anything else worth recording (kept under ``info``)."""
-        from .io import save_schedule_file
-
         fields: dict[str, Any] = {"sigma_data": self.ctx.sigma_data, "weighting": self.ctx.weighting}
         known: dict[str, Any] = {k: meta.pop(k) for k in ("domain", "dataset") if k in meta}
         return save_schedule_file(path, self.to_table(), {**fields, **known, "info": meta})

@@ -26,7 +26,13 @@ from torch import Tensor
 
 from ..errors import NonFiniteLossError
 from .base import Probe, Schedule, ScheduleContext, ScheduleTable, all_reduce_sum_, keep_on_rank0_, merge_into_rank0_
+from .bases import FIXED, fixed_schedule
 from .learned import check
+
+
+def _fixed_base(name: str, ctx: ScheduleContext) -> Schedule:
+    check(name in FIXED, f"base {name!r}: without the registry only a fixed schedule ({', '.join(FIXED)}) can be built by name")
+    return fixed_schedule(name, ctx)
 
 
 @dataclass
@@ -49,19 +55,19 @@ def stage_bounds(stage: int, clusters: int) -> float:
 class Curriculum(Schedule):
     name = "curriculum"
 
-    def __init__(self, ctx: ScheduleContext, params: Optional[CurriculumParams] = None) -> None:
-        from .registry import REGISTRY, build_schedule
-
+    def __init__(self, ctx: ScheduleContext, params: Optional[CurriculumParams] = None, base: Optional[Schedule] = None) -> None:
+        """``base``: the schedule named by ``params.base``, already built (the registry builds it by
+        name, so any schedule can be wrapped); None builds a fixed one by name."""
         p = params or CurriculumParams()
-        check(p.base in REGISTRY and p.base not in ("curriculum", "adaptive"),
-              f"base must be a schedule name other than curriculum and adaptive, got {p.base!r}")  # fmt: skip
+        check(base is None or base.name not in ("curriculum", "adaptive"),
+              f"base must be a schedule other than curriculum and adaptive, got {p.base!r}")  # fmt: skip
         check(p.clusters >= 1, "clusters must be >= 1")
         check(p.patience >= 1, "patience must be >= 1")
         check(p.refresh >= 1, "refresh must be >= 1")
         check(0 <= p.ema < 1, "ema must be in [0, 1)")
         check(p.min_delta >= 0, "min_delta must be >= 0")
         super().__init__(ctx, p)
-        self.base = build_schedule(p.base, {}, ctx)
+        self.base = base if base is not None else _fixed_base(p.base, ctx)
         # progress checks and the base's own refreshes share one callback cadence
         self.refresh_every = math.gcd(int(p.refresh), int(self.base.refresh_every or p.refresh))
         self.prepare_examples = self.base.prepare_examples

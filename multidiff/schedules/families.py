@@ -7,7 +7,7 @@ density does) keeps them meaning the same signal-to-noise ratios whatever the da
 v = u − ln σ_data (so λ = −2v), a density ``p_λ`` maps to ``p_u(u) = 2·p_λ(−2v)`` and, since v
 falls as λ rises, ``F_u(u) = 1 − F_λ(−2v)``. Subclasses give the untruncated CDF, density and
 inverse CDF on v = u − ln σ_data in float64 (the truncated tails are far below float32's
-resolution); :class:`ClosedForm` shifts, truncates and normalizes.
+resolution); :class:`multidiff.schedules.fixed.ClosedForm` shifts, truncates and normalizes.
 
 - ``cosine``: t ~ U(0, 1), λ(t) = −2 ln tan(πt/2), so σ = σ_data·tan(πt/2) and F(v) = (2/π)·arctan(eᵛ).
 - ``laplace``: λ ~ Laplace(μ, b) (Hang et al. 2024; μ = 0, b = 0.5).
@@ -24,48 +24,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .base import Schedule, ScheduleContext
-from .fixed import NoParams
-
-
-class ClosedForm(Schedule):
-    """A closed-form density on u, truncated to [ln σ_min, ln σ_max].
-
-    Subclasses implement ``_cdf``, ``_pdf``, ``_icdf`` for the untruncated law on v = u − ln σ_data
-    (float64), i.e. as if the data had unit scale.
-    """
-
-    def _setup(self) -> None:
-        """Call at the end of a subclass constructor: the mass below and inside the range."""
-        self.shift = math.log(self.ctx.sigma_data)
-        lo, hi = (self._cdf(torch.tensor(v - self.shift, dtype=torch.float64)) for v in (self.ctx.u_min, self.ctx.u_max))
-        self.Fa, self.Z = float(lo), float(hi - lo)
-        if not self.Z > 0:
-            raise ValueError("the distribution has no mass inside the σ range")
-
-    # ---- the untruncated law on u (float64) ----------------------------------------------------
-    def _cdf(self, u: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _pdf(self, u: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def _icdf(self, q: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    # ---- truncated to the range ------------------------------------------------------------------
-    def pdf(self, u: Tensor) -> Tensor:
-        inside = (u >= self.ctx.u_min) & (u <= self.ctx.u_max)
-        dens = self._pdf(u.double().clamp(self.ctx.u_min, self.ctx.u_max) - self.shift) / self.Z
-        return torch.where(inside, dens, torch.zeros_like(dens)).to(u.dtype)
-
-    def cdf(self, u: Tensor) -> Tensor:
-        c = (self._cdf(u.double().clamp(self.ctx.u_min, self.ctx.u_max) - self.shift) - self.Fa) / self.Z
-        return c.clamp(0, 1).to(u.dtype)
-
-    def icdf(self, q: Tensor) -> Tensor:
-        p = self.Fa + q.double().clamp(0, 1) * self.Z
-        return (self._icdf(p) + self.shift).clamp(self.ctx.u_min, self.ctx.u_max).to(q.dtype)
+from .base import ScheduleContext
+from .fixed import ClosedForm, NoParams
 
 
 class Cosine(ClosedForm):

@@ -14,7 +14,7 @@ from .. import __version__
 from ..errors import UserError
 from ..files import atomic_write_text
 from ..textdata import parse_json
-from .base import ScheduleTable
+from .table import ScheduleTable
 
 FORMAT = "multidiff.schedule"
 VERSION = 1

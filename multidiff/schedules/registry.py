@@ -6,7 +6,7 @@ import math
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Optional
 
 from ..errors import UserError
 from .adaptive import Adaptive, AdaptiveParams
@@ -28,6 +28,19 @@ class ScheduleSpec:
     cls: type[Schedule]
     params: type
     summary: str
+    #: how to build it from its context and parameters, when that is more than ``cls(ctx, params)``
+    make: Optional[Callable[[ScheduleContext, Any], Schedule]] = None
+
+    def build(self, ctx: ScheduleContext, params: Any) -> Schedule:
+        return self.make(ctx, params) if self.make is not None else self.cls(ctx, params)
+
+
+def _curriculum(ctx: ScheduleContext, params: CurriculumParams) -> Curriculum:
+    """A curriculum around any registered schedule but another curriculum or adaptive (whose own
+    sampling correction a curriculum would undo)."""
+    if params.base not in REGISTRY or params.base in ("curriculum", "adaptive"):
+        raise ValueError(f"base must be a schedule name other than curriculum and adaptive, got {params.base!r}")
+    return Curriculum(ctx, params, base=build_schedule(params.base, {}, ctx))
 
 
 REGISTRY: dict[str, ScheduleSpec] = {
@@ -46,7 +59,8 @@ REGISTRY: dict[str, ScheduleSpec] = {
         ScheduleSpec("crs", CRS, CRSParams, "constant rate of distributional change: p ∝ speed^xi (fd | x0 | eps)"),
         ScheduleSpec("timewarp", Timewarp, TimewarpParams, "CDCD time warping: monotone fit of loss vs ln σ as the CDF"),
         ScheduleSpec("adaptive", Adaptive, AdaptiveParams, "Kingma & Gao: p ∝ target·EMA loss per bin, loss × target/p"),
-        ScheduleSpec("curriculum", Curriculum, CurriculumParams, "Kim et al. 2024: equal-mass clusters of a base, high noise first"),
+        ScheduleSpec("curriculum", Curriculum, CurriculumParams, "Kim et al. 2024: equal-mass clusters of a base, high noise first",
+                     make=_curriculum),
     ]
 }
 
@@ -109,7 +123,7 @@ def build_schedule(spec: str, values: dict[str, Any], ctx: ScheduleContext) -> S
     if spec in REGISTRY:
         params = make_params(spec, values)
         try:
-            return REGISTRY[spec].cls(ctx, params)
+            return REGISTRY[spec].build(ctx, params)
         except ValueError as exc:
             raise UserError(f"schedule '{spec}': {exc}") from None
     if is_schedule_file(spec):

@@ -46,15 +46,11 @@ class TimewarpParams:
 
 
 def isotonic_increasing(y: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """Weighted least-squares non-decreasing fit of y (pool adjacent violators)."""
-    blocks: list[list[float]] = []  # [mean, weight, length]
-    for yi, wi in zip(y.astype(float), np.maximum(w, 1e-12).astype(float)):
-        blocks.append([yi, wi, 1])
-        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
-            m2, w2, n2 = blocks.pop()
-            m1, w1, n1 = blocks.pop()
-            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2, n1 + n2])
-    return np.concatenate([np.full(int(n), m) for m, _, n in blocks])
+    """Weighted least-squares non-decreasing fit of y (SciPy's pool-adjacent-violators); a zero
+    weight counts as a tiny one, so every point stays in the fit."""
+    from scipy.optimize import isotonic_regression
+
+    return isotonic_regression(y.astype(float), weights=np.maximum(w, 1e-12).astype(float), increasing=True).x
 
 
 def warp_density(centers: np.ndarray, fitted: np.ndarray) -> np.ndarray:

@@ -25,6 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .. import faults
 from ..files import atomic_write
+from ..rundir import RunDir, schedule_file_name, step_stem
 from ..schedules.io import save_schedule_file
 from .probe import DenoiserProbe
 
@@ -87,7 +88,7 @@ class ScheduleCallback(L.Callback):
     """
 
     def __init__(self, run_dir: Path, meta: Callable[[str], dict[str, Any]], check_every: int, loggers: Optional[list[Any]] = None) -> None:
-        self.run_dir, self.meta, self.check_every = Path(run_dir), meta, max(1, check_every)
+        self.run, self.meta, self.check_every = RunDir(run_dir), meta, max(1, check_every)
         self.loggers = list(loggers or [])  # besides the CSV log: where the density goes as an image at each refresh
         self.probe: Optional[DenoiserProbe] = None
         self._last_end: Optional[float] = None
@@ -97,7 +98,7 @@ class ScheduleCallback(L.Callback):
         """Every table the schedule exports: FOLDER/STEM.json, or FOLDER/STEM.<modality>.json per member."""
         for key, table in pl_module.schedule.tables().items():
             table.step = step
-            save_schedule_file(folder / (f"{stem}.{key}.json" if key else f"{stem}.json"), table, self.meta(key))
+            save_schedule_file(folder / schedule_file_name(key, stem), table, self.meta(key))
 
     def _probe(self, trainer: L.Trainer, pl_module: Any) -> Optional[DenoiserProbe]:
         n = pl_module.schedule.probe_examples
@@ -108,7 +109,12 @@ class ScheduleCallback(L.Callback):
             self.probe = DenoiserProbe(pl_module.model, raw)
         return self.probe
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._step = OptimizerSteps(trainer)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self._step.completed(trainer):
+            return  # a micro-batch of an accumulated step
         now = time.perf_counter()
         if self._last_end is not None:
             self._step_times.append(now - self._last_end)
@@ -135,9 +141,8 @@ class ScheduleCallback(L.Callback):
             if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool):
                 pl_module.log(f"schedule/{key}", float(value), on_step=True, on_epoch=False)
         if trainer.is_global_zero and "step" in info:
-            history = self.run_dir / "schedule_history"
-            self.export(pl_module, step, history, f"step{step:07d}")
-            _append_csv(history / "refreshes.csv", row)
+            self.export(pl_module, step, self.run.history, step_stem(step))
+            _append_csv(self.run.refreshes, row)
             if self.loggers:
                 from .loggers import log_density
 
@@ -146,12 +151,27 @@ class ScheduleCallback(L.Callback):
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: Any, checkpoint: dict[str, Any]) -> None:
         pl_module.check_finite()  # never write a checkpoint or schedule from a diverged model
         if trainer.is_global_zero:
-            self.export(pl_module, trainer.global_step, self.run_dir, "schedule")
+            self.export(pl_module, trainer.global_step, self.run.path, "schedule")
 
 
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class OptimizerSteps:
+    """Tells an ``on_train_batch_end`` hook whether the batch just completed an optimizer step: with
+    gradient accumulation Lightning calls it after every micro-batch, while ``global_step`` counts
+    optimizer steps (and stays put until the last micro-batch of a step)."""
+
+    def __init__(self, trainer: L.Trainer) -> None:
+        self.seen = trainer.global_step
+
+    def completed(self, trainer: L.Trainer) -> bool:
+        if trainer.global_step == self.seen:
+            return False
+        self.seen = trainer.global_step
+        return True
 
 
 class StepCheckpoint(Checkpoint):
@@ -163,14 +183,20 @@ class StepCheckpoint(Checkpoint):
     before it, a crash during the validation would resume past that step and lose its metrics row.
     """
 
-    def __init__(self, dirpath: Path, every: int) -> None:
-        self.dirpath, self.every = Path(dirpath), every
+    def __init__(self, run_dir: Path, every: int) -> None:
+        self.run, self.every = RunDir(run_dir), every
         self._pending: Optional[int] = None
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._step = OptimizerSteps(trainer)
+
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if not self._step.completed(trainer):
+            return  # a micro-batch of an accumulated step
         step = trainer.global_step
         if step % self.every == 0 or step >= trainer.max_steps:
-            if isinstance(trainer.val_check_batch, int) and step % trainer.val_check_batch == 0:
+            batches = step * trainer.accumulate_grad_batches  # Lightning counts validation intervals in batches
+            if isinstance(trainer.val_check_batch, int) and batches % trainer.val_check_batch == 0:
                 self._pending = step  # Lightning validates right after this hook
             else:
                 self._save(trainer, step)
@@ -186,13 +212,13 @@ class StepCheckpoint(Checkpoint):
 
     def _save(self, trainer: L.Trainer, step: int) -> None:
         self._pending = None
-        path = self.dirpath / f"step{step:07d}.ckpt"
-        partial = self.dirpath / f".{path.name}.partial"  # the run directory is locked: one writer
+        path = self.run.step_checkpoint(step)
+        partial = path.with_name(f".{path.name}.partial")  # the run directory is locked: one writer
         trainer.save_checkpoint(partial, weights_only=False)  # every rank takes part; rank 0 writes
         if trainer.is_global_zero:
             faults.point("checkpoint", step)
             os.replace(partial, path)
-            atomic_write(self.dirpath / "last.ckpt", lambda tmp: shutil.copyfile(path, tmp))
+            atomic_write(self.run.last_checkpoint, lambda tmp: shutil.copyfile(path, tmp))
 
 
 class QualityCallback(L.Callback):

@@ -1,7 +1,8 @@
 """Lightning data plumbing shared by every domain.
 
-Training batches form an endless stream indexed by optimizer step: the batch of step t depends
-only on (seed, t, rank), so a resumed run sees exactly the batches the straight run would have.
+Training batches form an endless stream indexed by micro-batch: the batch of micro-batch m (step t's
+k-th of N accumulated ones is m = t·N + k; without accumulation m = t) depends only on (seed, m,
+rank), so a resumed run sees exactly the batches the straight run would have.
 Validation is a fixed subset in fixed order, evaluated whole on every process (no sampler split),
 so its numbers do not depend on the number of processes.
 """
@@ -81,7 +82,7 @@ class DomainDataModule(L.LightningDataModule):
             data = data.to(device)  # held on the device: no copy per step
         stream = StepBatches(
             data, self.batch_size, self.seed,
-            rank=trainer.global_rank, world=trainer.world_size, start_step=trainer.global_step,
+            rank=trainer.global_rank, world=trainer.world_size, start_step=trainer.global_step * trainer.accumulate_grad_batches,
         )  # fmt: skip
         if on_gpu and not data.is_cuda:  # large data: workers index it and pinned memory speeds the copy
             return DataLoader(stream, batch_size=None, num_workers=2, pin_memory=True, persistent_workers=True)

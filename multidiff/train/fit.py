@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..errors import Terminated
+from ..rundir import RunDir
 
 for _pattern in (
     ".*does not have many workers.*",
@@ -58,7 +59,7 @@ def check_device_settings(recipe: dict[str, Any]) -> None:
         quiet.setLevel(level)
     from .loggers import check_loggers
 
-    check_loggers(recipe["train"]["logger"])
+    check_loggers(recipe["train"]["logger"], recipe["train"].get("logger_options"))
 
 
 def make_module(setup: Any):
@@ -97,13 +98,13 @@ def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Ca
 
     cfg = setup.cfg
     t = cfg.train
-    ckpt_dir = run_dir / "checkpoints"
-    ckpt_path = ckpt_dir / "last.ckpt" if resume else None
+    run = RunDir(run_dir)
+    ckpt_path = run.last_checkpoint if resume else None
     module = make_module(setup)
     datamodule = DomainDataModule(setup.data, t.batch_size, cfg.seed, setup.nelbo)
-    loggers = make_loggers(t.logger, run_dir, cfg)
+    loggers = make_loggers(t.logger, run_dir, cfg, t.logger_options)
     if resume:
-        _prepare_metrics_for_resume(run_dir / "metrics.csv", _checkpoint_step(ckpt_path), loggers[0])
+        _prepare_metrics_for_resume(run, _checkpoint_step(run.last_checkpoint), loggers[0])
     quality = QualityCallback(cfg.quality_every, quality_fn, cfg.train.max_steps)
     settings = _device_settings(setup.recipe["train"])
     trainer = L.Trainer(
@@ -114,10 +115,11 @@ def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Ca
             quality,  # before EMA: its validation-end hook runs while the EMA weights are still swapped in
             EMA(t.ema_decay),
             ScheduleCallback(run_dir, setup.meta, check_every=t.log_every, loggers=loggers[1:]),
-            StepCheckpoint(ckpt_dir, t.checkpoint_every),
+            StepCheckpoint(run_dir, t.checkpoint_every),
             *(extra_callbacks or []),
         ],
-        val_check_interval=t.eval_every,
+        accumulate_grad_batches=t.accumulate_grad_batches,
+        val_check_interval=t.eval_every * t.accumulate_grad_batches,  # Lightning counts it in batches, we in steps
         check_val_every_n_epoch=None,
         log_every_n_steps=t.log_every,
         gradient_clip_val=t.grad_clip,
@@ -135,7 +137,7 @@ def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Ca
     try:
         trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     except SIGTERMException:  # a SystemExit without a code: left alone, a stopped run would exit 0
-        last = ckpt_dir / "last.ckpt"
+        last = run.last_checkpoint
         where = f"step {_checkpoint_step(last)}" if last.is_file() else "the start (no checkpoint yet)"
         raise Terminated(f"SIGTERM at step {trainer.global_step}; resuming (`train --resume`, or the same `compare` again) continues from {where}") from None
     if not trainer.is_global_zero:
@@ -151,20 +153,18 @@ def _checkpoint_step(path: Path) -> int:
     return int(torch.load(path, map_location="cpu", weights_only=False)["global_step"])
 
 
-def _prepare_metrics_for_resume(path: Path, step: int, logger: Any) -> None:
+def _prepare_metrics_for_resume(run: RunDir, step: int, logger: Any) -> None:
     """Keep the rows logged before the checkpoint (later ones will be logged again).
 
     Lightning's CSV writer deletes an existing metrics.csv when it is created, so the kept rows are
     read first, written back after the writer exists, and its header seeded so it appends.
     """
-    from ..runfiles import read_step_rows
-
-    if not path.is_file():
+    kept = run.metrics_rows_before(step)
+    if kept is None:
         return
-    fields, stepped = read_step_rows(path)
-    rows = [row for row_step, row in stepped if row_step < step]
+    fields, rows = kept
     logger.experiment  # noqa: B018 - creates the writer (and removes the file)
-    with path.open("w", newline="") as f:
+    with run.metrics.open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)

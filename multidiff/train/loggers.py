@@ -3,6 +3,7 @@ Weights & Biases and MLflow for following a long run on a cluster (``train.logge
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,32 +24,57 @@ def logger_names(spec: Any) -> list[str]:
     return ["csv"] + [n for n in dict.fromkeys(names) if n != "csv"]
 
 
-def check_loggers(spec: Any) -> None:
-    """Refuse a logger whose package is missing before anything is written."""
+def logger_options(spec: Any, options: Any) -> dict[str, dict[str, Any]]:
+    """``train.logger_options``: for each enabled logger, the keyword arguments its Lightning logger
+    takes (W&B: project, entity, group, tags, ...; MLflow: tracking_uri, experiment_name, tags, ...;
+    TensorBoard: name, ...)."""
+    if options is None:
+        return {}
+    enabled = logger_names(spec)[1:]
+    if not isinstance(options, dict) or not all(isinstance(v, dict) for v in options.values()):
+        raise UserError(f"train.logger_options must map a logger name to its settings, e.g. {{wandb: {{entity: me}}}}; got {options!r}")
+    for name, values in options.items():
+        if name not in enabled:
+            raise UserError(f"train.logger_options.{name}: {name} is not among train.logger ({', '.join(enabled) or 'csv only'})")
+        bad = [k for k in values if not isinstance(k, str) or k in _OURS.get(name, ())]
+        if bad:
+            raise UserError(f"train.logger_options.{name}.{bad[0]}: set by multidiff (the run directory decides it)")
+    return {name: dict(values) for name, values in options.items()}
+
+
+#: the arguments multidiff sets itself (where the logger writes inside the run directory)
+_OURS = {"tensorboard": ("save_dir", "version"), "wandb": ("save_dir",), "mlflow": ("save_dir",)}
+
+
+def check_loggers(spec: Any, options: Any = None) -> None:
+    """Refuse a logger whose package is missing, or settings for one not enabled, before anything is written."""
+    logger_options(spec, options)
     for name in logger_names(spec)[1:]:
         package, extra = OPTIONAL[name]
         if importlib.util.find_spec(package) is None:
             raise UserError(f"train.logger {name} needs the {package} package: pip install 'multidiff[{extra}]'")
 
 
-def make_loggers(spec: Any, run_dir: Path, cfg: Any) -> list[Any]:
-    from lightning.pytorch.loggers import CSVLogger
+def make_loggers(spec: Any, run_dir: Path, cfg: Any, options: Any = None) -> list[Any]:
+    """CSV first (the reports read it), then the others with ``options`` over their defaults. W&B's
+    project and MLflow's tracking URI and experiment come from the environment when not given, as
+    those tools' own scripts do; otherwise MLflow writes into RUN/mlruns."""
+    from lightning.pytorch import loggers as pl_loggers
 
-    out: list[Any] = [CSVLogger(save_dir=str(run_dir), name="", version="")]
+    opts = logger_options(spec, options)
+    run = Path(run_dir)
+    out: list[Any] = [pl_loggers.CSVLogger(save_dir=str(run), name="", version="")]
     for name in logger_names(spec)[1:]:
+        given = opts.get(name, {})
         if name == "tensorboard":
-            from lightning.pytorch.loggers import TensorBoardLogger
-
-            out.append(TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version=""))
+            out.append(pl_loggers.TensorBoardLogger(**{"name": "tensorboard", **given, "save_dir": str(run), "version": ""}))
         elif name == "wandb":
-            from lightning.pytorch.loggers import WandbLogger
-
-            out.append(WandbLogger(project="multidiff", name=f"{cfg.name}-{Path(run_dir).name}", save_dir=str(run_dir)))
+            defaults = {"project": os.environ.get("WANDB_PROJECT", "multidiff"), "name": f"{cfg.name}-{run.name}"}
+            out.append(pl_loggers.WandbLogger(**{**defaults, **given, "save_dir": str(run)}))
         elif name == "mlflow":
-            from lightning.pytorch.loggers import MLFlowLogger
-
-            out.append(MLFlowLogger(experiment_name=f"multidiff-{cfg.name}", run_name=Path(run_dir).name,
-                                    tracking_uri=f"file:{Path(run_dir).resolve() / 'mlruns'}"))  # fmt: skip
+            defaults = {"experiment_name": os.environ.get("MLFLOW_EXPERIMENT_NAME", f"multidiff-{cfg.name}"), "run_name": run.name,
+                        "tracking_uri": os.environ.get("MLFLOW_TRACKING_URI") or f"file:{run.resolve() / 'mlruns'}"}  # fmt: skip
+            out.append(pl_loggers.MLFlowLogger(**{**defaults, **given}))
     return out
 
 

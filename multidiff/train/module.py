@@ -42,6 +42,7 @@ class DiffusionModule(L.LightningModule):
         self.seed = cfg.seed
         self.log_every = max(1, cfg.train.log_every)
         self.lr, self.lr_warmup, self.weight_decay = cfg.train.lr, cfg.train.lr_warmup, cfg.train.weight_decay
+        self.lr_factor = lr_factor(cfg.train.lr_decay, cfg.train.lr_warmup, cfg.train.max_steps, cfg.train.lr_final)
         self.nelbo = nelbo
         self.nelbo_count = nelbo_count  # units per example of the primary NELBO unit
         self.nelbo_extra_units = dict(nelbo_extra_units or {})  # unit → units per example (e.g. bits/char)
@@ -77,7 +78,10 @@ class DiffusionModule(L.LightningModule):
                 group["lr"] = self.lr * lam(s.last_epoch)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        g = self.step_generator(self.global_step)
+        # seeded per micro-batch: step t's k-th micro-batch is t·N + k (N = 1: the step), so a resumed run,
+        # which restarts at a step boundary, draws exactly what the straight run drew
+        accumulate = self.trainer.accumulate_grad_batches
+        g = self.step_generator(self.global_step * accumulate + batch_idx % accumulate)
         batch = self.model.training_batch(batch, g)  # the loss sees the batch the step learns from
         x = self.model.encode(batch)
         sigma = self.schedule.sample(x.shape[0], g, self.device)
@@ -120,8 +124,7 @@ class DiffusionModule(L.LightningModule):
     def configure_optimizers(self) -> Any:
         opt = torch.optim.Adam(self.model.parameters(), lr=self.lr, betas=(0.9, 0.99), weight_decay=self.weight_decay,
                                **_fast_adam(self.model))  # fmt: skip
-        warm = max(1, self.lr_warmup)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warm))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self.lr_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -133,6 +136,23 @@ class DiffusionModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "multidiff" in checkpoint:
             self.schedule.load_state_dict(checkpoint["multidiff"]["schedule"])
+
+
+def lr_factor(decay: str, warmup: int, max_steps: int, final: float = 0.0) -> Callable[[int], float]:
+    """The learning rate at optimizer step ``step`` (0-based) as a fraction of ``train.lr``: a linear
+    warm-up over ``warmup`` steps, then ``constant``, or ``cosine`` / ``linear`` decay that reaches
+    ``final`` at ``max_steps`` (a resumed run with more steps stretches the decay to them)."""
+    warm = max(1, warmup)
+
+    def factor(step: int) -> float:
+        rise = min(1.0, (step + 1) / warm)
+        if decay == "constant" or step < warmup:
+            return rise
+        progress = min(1.0, (step + 1 - warmup) / max(1, max_steps - warmup))
+        shape = 0.5 * (1 + math.cos(math.pi * progress)) if decay == "cosine" else 1 - progress
+        return final + (1 - final) * shape
+
+    return factor
 
 
 def _fast_adam(model: torch.nn.Module) -> dict[str, Any]:

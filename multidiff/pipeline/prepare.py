@@ -1,0 +1,180 @@
+"""Setting a run up: a recipe → a :class:`Setup` (data, σ_data, schedule, model, the domain's sample
+metric), validating everything a run needs before anything is written; the sampling grid a recipe names."""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+from torch import Tensor
+
+from ..domains.base import Domain, DomainData
+from ..domains.registry import get_domain
+from ..errors import UserError
+from ..evaluation import NelboSettings
+from ..metrics.features import cache_root
+from ..recipe import Sections, flatten, schedule_specs, sections
+from ..rundir import RunDir
+from ..schedules.api import schedule_context
+from ..schedules.base import Schedule
+from ..schedules.grids import sigma_grid
+from ..schedules.io import load_schedule_file
+from ..schedules.registry import REGISTRY, build_schedule, is_schedule_file, make_params
+
+
+@dataclass
+class Setup:
+    """Everything a run is made of, built from a resolved recipe."""
+
+    recipe: dict[str, Any]  # fully resolved: what recipe.yaml records
+    cfg: Sections
+    domain: Domain
+    data: DomainData
+    sigma_data: float
+    weight: Callable[[Tensor], Tensor]
+    schedule: Schedule
+    model: Any  # DiffusionModel
+
+    def meta(self, key: str = "") -> dict[str, Any]:
+        """What a schedule file records about where it was learned (``key``: a joint model's modality)."""
+        sigma_data = self.sigma_data[key] if isinstance(self.sigma_data, dict) else self.sigma_data
+        return {"domain": self.domain.modality_domain(key), "dataset": self.data.dataset, "sigma_data": sigma_data,
+                "weighting": self.cfg.diffusion.weighting}  # fmt: skip
+
+    @property
+    def nelbo(self) -> NelboSettings:
+        return NelboSettings.of(self.cfg)
+
+    def nelbo_units(self) -> dict[str, float]:
+        """The domain's NELBO units → units per example on the fixed validation subset (primary first)."""
+        n = min(self.cfg.eval.nelbo_examples, self.data.val.shape[0])
+        units = self.domain.nelbo_units(self.data, n)
+        primary = self.domain.nelbo_unit
+        return {primary: units.get(primary, float(self.domain.nelbo_count(self.data))), **units}
+
+    def example_shape(self) -> tuple[int, ...]:
+        return self.domain.example_shape(self.data)
+
+
+def schedule_label(recipe: dict[str, Any]) -> str:
+    """A run's schedule in a word: its name (a file's stem); a joint model's members' common name,
+    or ``modality=name`` pairs when they differ."""
+    labels = {key: _name_label(spec["name"]) for key, spec in schedule_specs(recipe).items()}
+    if len(set(labels.values())) == 1:
+        return next(iter(labels.values()))
+    return ",".join(f"{k}={v}" for k, v in labels.items())
+
+
+def _name_label(name: str) -> str:
+    return Path(name).stem if is_schedule_file(name) and name not in REGISTRY else name
+
+
+def default_precision(accelerator: str) -> str:
+    """``train.precision: auto``: bf16 autocast where a GPU supports it, float32 elsewhere (on CPUs
+    without bf16 matrix units bf16 is far slower than float32)."""
+    wants_gpu = accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    return "bf16-mixed" if wants_gpu and torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "32-true"
+
+
+def resolve_full(recipe: dict[str, Any]) -> tuple[dict[str, Any], Domain]:
+    """The recipe with every default filled in that does not need the data (domain settings,
+    schedule parameters, the NELBO's decoding σ, the precision), and the domain adapter."""
+    domain = get_domain(recipe["domain"])(recipe, cache_root())
+    resolved = {**recipe, **domain.resolved_config()}
+    specs = schedule_specs(recipe)
+    modalities = domain.modalities()
+    if list(specs) != (modalities or [""]):
+        want = "schedule.name" if not modalities else ", ".join(f"schedule.{m}.name" for m in modalities)
+        raise UserError(f"recipe: domain '{domain.name}' needs {want}; got schedules for {', '.join(k or 'one model' for k in specs)}")
+    full = {}
+    for key, spec in specs.items():
+        name = spec["name"]
+        if name in REGISTRY:
+            params = make_params(name, {k: v for k, v in spec.items() if k != "name"})
+            spec = {"name": name, **dataclasses.asdict(params)}
+        full[key] = spec
+    resolved["schedule"] = full[""] if "" in full else full
+    d, ev = recipe["diffusion"], recipe["eval"]
+    lo = ev["nelbo_sigma_min"] or domain.nelbo_sigma_min or d["sigma_min"]
+    if not d["sigma_min"] <= lo < d["sigma_max"]:
+        raise UserError(f"eval.nelbo_sigma_min must lie in [diffusion.sigma_min, diffusion.sigma_max), got {lo}")
+    resolved["eval"] = {**ev, "nelbo_sigma_min": float(lo)}
+    if recipe["sample"]["guidance"] != 1 and not domain.conditional_sampling:
+        raise UserError(f"sample.guidance applies to conditional samples of a joint model; domain '{domain.name}' generates whole examples (leave it at 1)")
+    train = recipe["train"]
+    if train["precision"] == "auto":
+        resolved["train"] = {**train, "precision": default_precision(str(train["accelerator"]))}
+    return resolved, domain
+
+
+def known_defaults(domain: Domain, recipe: dict[str, Any]) -> dict[str, Any]:
+    """Dotted key → default for the domain's data/model settings and the schedule's parameters."""
+    from ..schedules.registry import param_defaults
+
+    sched = {key: param_defaults(spec["name"]) for key, spec in schedule_specs(recipe).items() if spec["name"] in REGISTRY}
+    out = {"data": domain.data_defaults, "model": domain.model_defaults}
+    if sched:
+        out["schedule"] = sched[""] if "" in sched else sched
+    return flatten(out)
+
+
+def prepare(recipe: dict[str, Any], run_dir: Optional[Path] = None, *, metrics: bool = True) -> Setup:
+    """Load data, measure σ_data, build schedule, model and the sample metric; ``Setup.recipe`` is the
+    fully resolved recipe. ``run_dir``: an existing run whose saved artifacts (tokenizer,
+    statistics, its frozen schedule file) are reused. Nothing is written."""
+    resolved, domain = resolve_full(recipe)
+    data = domain.load(run_dir)
+    d = resolved["diffusion"]
+    sigma_data = d["sigma_data"] or domain.measure_sigma_data(data)  # a number, or one per modality
+    sigma_data = {k: float(v) for k, v in sigma_data.items()} if isinstance(sigma_data, dict) else float(sigma_data)
+    resolved["diffusion"] = {**d, "sigma_data": sigma_data}
+    schedule, weight = _build_schedules(resolved, sigma_data, run_dir)
+    torch.manual_seed(int(resolved["seed"]))  # the same initial weights for every schedule
+    model = domain.build_model(data, sigma_data)
+    setup = Setup(resolved, sections(resolved), domain, data, sigma_data, weight, schedule, model)
+    sampling_grid(setup, setup.cfg.sample.sigmas, setup.cfg.sample.steps)  # a bad sample.sigmas fails now
+    if metrics:
+        domain.prepare_metrics(data)
+    return setup
+
+
+def _build_schedules(resolved: dict[str, Any], sigma_data: Any, run_dir: Optional[Path]) -> tuple[Schedule, Any]:
+    """The run's schedule (a group of one per modality for a joint domain) and its loss weight(s)."""
+    from ..schedules.group import ScheduleGroup
+
+    d = resolved["diffusion"]
+    built, weights = {}, {}
+    for key, spec in schedule_specs(resolved).items():
+        sd = sigma_data[key] if isinstance(sigma_data, dict) else sigma_data
+        ctx = schedule_context(d["sigma_min"], d["sigma_max"], sd, d["weighting"])
+        weights[key] = ctx.weight
+        spec = dict(spec)
+        name = spec.pop("name")
+        if run_dir is not None and is_schedule_file(name) and name not in REGISTRY and not Path(name).is_file():
+            name = str(RunDir(run_dir).schedule_file(key))  # a frozen file run keeps its own exported copy
+        built[key] = build_schedule(name, spec, ctx)
+    if "" in built:
+        return built[""], weights[""]
+    try:
+        return ScheduleGroup(built), weights
+    except ValueError as exc:
+        raise UserError(f"schedule: {exc}") from None
+
+
+def sampling_grid(setup: Setup, kind: str, steps: int) -> Tensor:
+    """The sampling σ's (σ, then a final 0): karras | loguniform | learned | a schedule file."""
+    d, s = setup.cfg.diffusion, setup.cfg.sample
+    if kind == "learned" and len(setup.schedule.tables()) > 1:
+        raise UserError("sample.sigmas learned: a joint model samples every modality on one grid; choose karras or loguniform")
+    if kind in ("karras", "loguniform", "learned"):
+        return sigma_grid(kind, steps, d.sigma_min, d.sigma_max, s.rho, schedule=setup.schedule, mix=s.grid_mix)
+    if not is_schedule_file(kind):
+        raise UserError(f"--sigmas {kind!r}: choose karras, loguniform, learned or a schedule file (.json)")
+    table = load_schedule_file(kind).table
+    if not (math.isclose(table.sigma_min, d.sigma_min, rel_tol=1e-6) and math.isclose(table.sigma_max, d.sigma_max, rel_tol=1e-6)):
+        raise UserError(f"schedule file {kind} covers σ in [{table.sigma_min:g}, {table.sigma_max:g}] but the run samples "
+                        f"[{d.sigma_min:g}, {d.sigma_max:g}]; use a file learned on the same σ range")  # fmt: skip
+    return sigma_grid("learned", steps, d.sigma_min, d.sigma_max, s.rho, schedule=table, mix=s.grid_mix)
