@@ -89,12 +89,28 @@ def main(argv: Optional[list[str]] = None) -> int:
         where = f" {exc.filename}" if exc.filename else ""
         print(f"multidiff: error: cannot access{where}: {exc.strerror or exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:  # a package of an extra that was not installed
+        print(f"multidiff: error: {missing_package(exc)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("multidiff: interrupted", file=sys.stderr)
         return 130
     except Terminated as exc:
         print(f"multidiff: terminated: {exc}", file=sys.stderr)
         return 143
+
+
+#: the package a ModuleNotFoundError names → the pip extra that installs it
+EXTRAS = {"lightning": "train", "yaml": "train", "matplotlib": "train", "sklearn": "train", "filelock": "train",
+          "tokenizers": "text", "datasets": "text", "torchaudio": "audio", "soundfile": "audio", "diffusers": "latent"}  # fmt: skip
+
+
+def missing_package(exc: ModuleNotFoundError) -> str:
+    """One line naming what to install for a package that is not there (re-raised if it is none of ours)."""
+    top = (exc.name or "").split(".")[0]
+    if top not in EXTRAS:
+        raise exc
+    return f"this needs the {top} package, which is not installed: pip install 'multidiff[{EXTRAS[top]}]'"
 
 
 _OUT_OF_MEMORY = "out of memory: lower train.batch_size, eval.nelbo_batch or sample.batch (--set KEY=VALUE)"

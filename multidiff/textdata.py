@@ -12,12 +12,10 @@ traceback or an unbounded expansion later on:
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
 from typing import Any
-
-import yaml
-from yaml.nodes import MappingNode, ScalarNode
 
 from .errors import UserError
 
@@ -29,44 +27,53 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
-class _BoundedLoader(yaml.SafeLoader):
-    """SafeLoader with depth bounds, string keys only, no duplicate keys, and YAML 1.2's reading of
-    1e-3 as a float (YAML 1.1 wants 1.0e-3; users write 1e-3)."""
+@functools.lru_cache(maxsize=1)
+def _bounded_loader() -> Any:
+    """The YAML loader class, made on first use: the schedule library reads JSON only and does not
+    need PyYAML installed."""
+    import yaml
+    from yaml.nodes import MappingNode, ScalarNode
 
-    def __init__(self, stream: str, what: str) -> None:
-        super().__init__(stream)
-        self.what, self.depth = what, 0
+    class _BoundedLoader(yaml.SafeLoader):
+        """SafeLoader with depth bounds, string keys only, no duplicate keys, and YAML 1.2's reading of
+        1e-3 as a float (YAML 1.1 wants 1.0e-3; users write 1e-3)."""
 
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        self.depth += 1
-        try:
-            if self.depth > MAX_DEPTH:
-                mark = self.peek_event().start_mark
-                raise UserError(f"{self.what} nests deeper than {MAX_DEPTH} levels (line {mark.line + 1})")
-            return super().compose_node(parent, index)
-        finally:
-            self.depth -= 1
+        def __init__(self, stream: str, what: str) -> None:
+            super().__init__(stream)
+            self.what, self.depth = what, 0
 
-    def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: set[str] = set()
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE_TAG:
-                continue  # `<<: *base` merges a mapping; its keys may be overridden here
-            line = key_node.start_mark.line + 1
-            if not isinstance(key_node, ScalarNode) or key_node.tag != _STR_TAG:
-                shown = key_node.value if isinstance(key_node, ScalarNode) else "a " + key_node.id
-                raise UserError(f"{self.what}: key {shown!r} at line {line} is not a string (quote it)")
-            if key_node.value in seen:
-                raise UserError(f"{self.what}: key {key_node.value!r} appears twice in one mapping (line {line})")
-            seen.add(key_node.value)
-        return super().construct_mapping(node, deep=deep)
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            self.depth += 1
+            try:
+                if self.depth > MAX_DEPTH:
+                    mark = self.peek_event().start_mark
+                    raise UserError(f"{self.what} nests deeper than {MAX_DEPTH} levels (line {mark.line + 1})")
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def construct_mapping(self, node: MappingNode, deep: bool = False) -> dict[Any, Any]:
+            seen: set[str] = set()
+            for key_node, _ in node.value:
+                if key_node.tag == _MERGE_TAG:
+                    continue  # `<<: *base` merges a mapping; its keys may be overridden here
+                line = key_node.start_mark.line + 1
+                if not isinstance(key_node, ScalarNode) or key_node.tag != _STR_TAG:
+                    shown = key_node.value if isinstance(key_node, ScalarNode) else "a " + key_node.id
+                    raise UserError(f"{self.what}: key {shown!r} at line {line} is not a string (quote it)")
+                if key_node.value in seen:
+                    raise UserError(f"{self.what}: key {key_node.value!r} appears twice in one mapping (line {line})")
+                seen.add(key_node.value)
+            return super().construct_mapping(node, deep=deep)
 
 
-_BoundedLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."),
-)
+    _BoundedLoader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+        list("-+0123456789."),
+    )
+
+    return _BoundedLoader
 
 
 def parse_yaml(text: str, what: str = "recipe") -> Any:
@@ -75,7 +82,7 @@ def parse_yaml(text: str, what: str = "recipe") -> Any:
     Raises :class:`yaml.YAMLError` for text that is not YAML (callers say where) and
     :class:`UserError` for YAML that is legal but refused."""
     _check_length(text, what)
-    loader = _BoundedLoader(text, what)
+    loader = _bounded_loader()(text, what)
     try:
         value = loader.get_single_data()
     except RecursionError:
