@@ -40,7 +40,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                "set": ["eval.quality_every=600"]},
     "joint": {"recipe": "recipes/joint_digits_speech.yaml", "schedules": "edm,infonoise", "seeds": 1, "set": ["eval.quality_every=1000"]},
     # candidates for a default that matches the strongest fixed schedule, screened at 3 seeds against the fixed
-    # families (edm is in the digits preset, where laplace beat it on both metrics), final Fréchet distance on 1 024 samples
+    # families (edm is in the digits preset, where laplace's means are better on both), final Fréchet distance on 1 024 samples
     "digits-screen": {"recipe": "recipes/binary_digits.yaml", "seeds": 3,
                       "schedules": "laplace,infonoise,cosine,loguniform,infonoise:defensive=0.5,"
                                    "infonoise:allocation=density:defensive=0.5,infonoise:temper=2",
