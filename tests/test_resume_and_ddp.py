@@ -25,16 +25,23 @@ def _state(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def test_resume_continues_exactly(tmp_path):
-    straight, halves = tmp_path / "straight", tmp_path / "halves"
-    assert main(tiny_train_args(straight, steps=20, extra=REFRESH)) == 0
-    assert main(tiny_train_args(halves, steps=10, extra=REFRESH)) == 0
-    assert main(tiny_train_args(halves, steps=20, extra=REFRESH) + ["--resume"]) == 0
+def _straight_and_resumed(straight: Path, halves: Path, extra: tuple[str, ...]) -> tuple[dict, dict]:
+    """20 steps in one go and 10 + 10 with a resume; both last checkpoints, checked to hold the same
+    EMA and raw weights at step 20."""
+    assert main(tiny_train_args(straight, steps=20, extra=extra)) == 0
+    assert main(tiny_train_args(halves, steps=10, extra=extra)) == 0
+    assert main(tiny_train_args(halves, steps=20, extra=extra) + ["--resume"]) == 0
     a, b = _state(straight / "checkpoints" / "last.ckpt"), _state(halves / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 20
     for key in ("state_dict", "current_model_state"):  # EMA and raw weights
         for name, tensor in a[key].items():
             assert torch.allclose(tensor, b[key][name], rtol=1e-5, atol=1e-6), (key, name)
+    return a, b
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, halves = tmp_path / "straight", tmp_path / "halves"
+    a, b = _straight_and_resumed(straight, halves, REFRESH)
     sa, sb = a["multidiff"]["schedule"], b["multidiff"]["schedule"]
     assert torch.allclose(sa["sums"], sb["sums"], rtol=1e-5) and torch.equal(sa["counts"], sb["counts"])
     assert np.allclose(sa["means"], sb["means"], rtol=1e-5, equal_nan=True)
@@ -51,16 +58,8 @@ def test_gradient_accumulation_counts_optimizer_steps_and_resumes_exactly(tmp_pa
     """accumulate_grad_batches = 3: every per-step event (refreshes, checkpoints, validations) happens
     once per optimizer step; the schedule observed 3 micro-batches per step; and a resume at a step
     boundary continues exactly as the straight run (micro-batch seeding t·N + k)."""
-    acc = (*REFRESH, "train.accumulate_grad_batches=3")
-    straight, halves = tmp_path / "straight", tmp_path / "halves"
-    assert main(tiny_train_args(straight, steps=20, extra=acc)) == 0
-    assert main(tiny_train_args(halves, steps=10, extra=acc)) == 0
-    assert main(tiny_train_args(halves, steps=20, extra=acc) + ["--resume"]) == 0
-    a, b = _state(straight / "checkpoints" / "last.ckpt"), _state(halves / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 20
-    for key in ("state_dict", "current_model_state"):
-        for name, tensor in a[key].items():
-            assert torch.allclose(tensor, b[key][name], rtol=1e-5, atol=1e-6), (key, name)
+    straight = tmp_path / "straight"
+    a, _ = _straight_and_resumed(straight, tmp_path / "halves", (*REFRESH, "train.accumulate_grad_batches=3"))
     sched = a["multidiff"]["schedule"]
     assert [h["step"] for h in sched["history"]] == [4, 8, 12, 16, 20]
     observed = float(sched["total_counts"].sum() + sched["counts"].sum())

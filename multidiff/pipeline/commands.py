@@ -128,9 +128,10 @@ def _run_plots(setup: Setup, run_dir: Path) -> None:
     from ..report.curves import metric_curves
     from ..report.plots import plot_run_curves, plot_schedule
 
-    plots = RunDir(run_dir).plots
+    run = RunDir(run_dir)
+    plots = run.plots
     plots.mkdir(exist_ok=True)
-    for key, path in RunDir(run_dir).schedule_files().items():
+    for key, path in run.schedule_files().items():
         name = f"schedule.{key}.png" if key else "schedule.png"
         plot_schedule(load_schedule_file(path).table, plots / name, title=f"{run_dir.name}: training density{f' ({key})' if key else ''}")
     plot_run_curves(metric_curves(run_dir), plots / "curves.png", title=run_dir.name)
@@ -139,11 +140,12 @@ def _run_plots(setup: Setup, run_dir: Path) -> None:
 def _print_summary(setup: Setup, run_dir: Path, result: dict[str, Any]) -> None:
     from ..report.plots import density_peak
 
-    files = RunDir(run_dir).schedule_files()
+    run = RunDir(run_dir)
+    files = run.schedule_files()
     peaks = " · ".join(f"{k + ' ' if k else ''}density peaks at σ={density_peak(load_schedule_file(p).table):.3g}" for k, p in files.items())
     extra = "".join(f" · {label} {value:.4g}" for label, value in result.get("headline", {}).items() if isinstance(value, (int, float)))
     print(f"\nrun {run_dir}: step {result['step']} · NELBO {result['nelbo']:.4f} {result['nelbo_unit']}{extra} · {peaks}")
-    print(f"  samples {run_dir / result['samples'][0]} · schedule {', '.join(str(p) for p in files.values())} · plots {RunDir(run_dir).plots}/")
+    print(f"  samples {run_dir / result['samples'][0]} · schedule {', '.join(str(p) for p in files.values())} · plots {run.plots}/")
 
 
 # ---- the commands ---------------------------------------------------------------------------------

@@ -32,9 +32,7 @@ def schedule_context(sigma_min: float, sigma_max: float, sigma_data: float, weig
 
     if weighting is None:
         fn, label = None, weighting_name
-    elif isinstance(weighting, str):
-        if weighting not in WEIGHTINGS:
-            raise UserError(f"weighting must be one of {', '.join(WEIGHTINGS)} or a function of σ, got {weighting!r}")
+    elif isinstance(weighting, str):  # get_weighting refuses an unknown name
         fn, label = get_weighting(weighting, float(sigma_data)), weighting_name or weighting
     elif callable(weighting):
         fn, label = weighting, weighting_name or "custom"
