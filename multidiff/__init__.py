@@ -7,6 +7,8 @@ The library surface (schedules in anyone's training loop):
 - parameterizations that speak other loops' noise variables: :class:`VE`, :class:`LogSNR`,
   :class:`VPTime`, :class:`DDPM`, :class:`FlowMatching` (``.make_schedule(...)`` →
   :class:`LoopSchedule`);
+- drop-ins where other trainers take a density: :class:`KDiffusionDensity` (k-diffusion's
+  ``sample_density``) and :class:`DiffusersTimestepDensity` (diffusers' flow-matching scripts);
 - :class:`UserError`: every bad input, with a one-line message.
 
 The command line (``multidiff train | compare | sample | eval | schedule``) covers the toolkit's
@@ -22,6 +24,8 @@ __version__ = "0.2.0"
 _EXPORTS = {
     "UserError": "multidiff.errors",
     "DDPM": "multidiff.parameterizations",
+    "DiffusersTimestepDensity": "multidiff.dropins",
+    "KDiffusionDensity": "multidiff.dropins",
     "VE": "multidiff.parameterizations",
     "FlowMatching": "multidiff.parameterizations",
     "LogSNR": "multidiff.parameterizations",
@@ -38,6 +42,8 @@ _EXPORTS = {
 __all__ = [*_EXPORTS, "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from .dropins import DiffusersTimestepDensity as DiffusersTimestepDensity
+    from .dropins import KDiffusionDensity as KDiffusionDensity
     from .errors import UserError as UserError
     from .parameterizations import DDPM as DDPM
     from .parameterizations import VE as VE

@@ -104,9 +104,11 @@ class Parameterization:
         return lambda sigma: 1 / self.x0_factor(_t(sigma), target)
 
     def make_schedule(self, name: str, *, target: str, sigma_range: Optional[tuple[float, float]] = None,
-                      weighting: Optional[Callable[[Tensor], Tensor]] = None, **params: Any) -> "LoopSchedule":  # fmt: skip
+                      weighting: Optional[Callable[[Tensor], Tensor]] = None, weighting_name: Optional[str] = None,
+                      **params: Any) -> "LoopSchedule":  # fmt: skip
         """A multidiff schedule for this loop: its σ range (default: what the loop's variable covers),
-        its data scale and, unless given, the x0-space weight of an unweighted ``target`` MSE.
+        its data scale and, unless given, the x0-space weight of an unweighted ``target`` MSE
+        (``weighting_name``: how the schedule file names a given weight; default ``custom``).
 
         A learned schedule warms up from the loop's own density (uniform timesteps or t: ``base:
         native``) until it has learned, unless ``base`` names another; VE loops keep EDM's."""
@@ -123,7 +125,7 @@ class Parameterization:
         if native is not None and "base" not in params and _warms_up(name):
             params = {**params, "base": "native"}
         sched = make_schedule(name, sigma_min=lo, sigma_max=hi, sigma_data=self.sigma_data, weighting=w,
-                              weighting_name=f"{target}-mse" if weighting is None else "custom", native=native, **params)  # fmt: skip
+                              weighting_name=f"{target}-mse" if weighting is None else weighting_name or "custom", native=native, **params)  # fmt: skip
         return LoopSchedule(sched, self, target)
 
     # ---- the loop's own density ---------------------------------------------------------------------

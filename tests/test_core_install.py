@@ -47,6 +47,11 @@ def test_the_schedule_library_runs_without_any_extra(tmp_path):
         x = heun(lambda x, sig: x * 0.25 / (0.25 + sig.reshape(-1, 1) ** 2), grid[0] * torch.randn(512, 1), grid)
         loop = DDPM((1 - torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)).cumprod(0)).make_schedule("infonoise", target="eps")
         flow = FlowMatching().make_schedule("laplace", target="velocity")
+        from multidiff import KDiffusionDensity
+        sample_density = KDiffusionDensity(sigma_data=0.5, warmup=1, refresh=1)
+        sig = sample_density([64], device="cpu")
+        sample_density.observe(sig, torch.ones(64))
+        assert sample_density.step()
         print(json.dumps({"std": float(x.std()), "frozen": load_schedule("schedule.json").name,
                           "loaded": sorted(m for m in sys.modules if m.split(".")[0] in HEAVY)}))
     """.replace("HEAVY", repr(HEAVY)), tmp_path)

@@ -58,6 +58,38 @@ def test_the_documented_loop_works_for_every_schedule(name):
     assert torch.isfinite(sched.sample(8, g)).all()
 
 
+def _statements(code: str) -> list[str]:
+    """Code lines without comments, a call continued over lines joined, whitespace collapsed."""
+    lines = [line.split("  #")[0].strip() for line in code.splitlines()]
+    joined: list[str] = []
+    for line in lines:
+        if joined and joined[-1].endswith(","):
+            joined[-1] += " " + line
+        elif line:
+            joined.append(line)
+    return [" ".join(line.split()) for line in joined]
+
+
+def test_the_drop_in_lines_are_the_tested_ones():
+    """Each line the README shows for k-diffusion's and diffusers' loops runs in tests/test_dropins.py
+    (verbatim), and the constructors it shows run as written."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    import multidiff
+
+    section = re.search(r"### Drop-ins for k-diffusion.*?\n## ", README, re.S).group(0)
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    tested = set(_statements((REPO / "tests" / "test_dropins.py").read_text()))
+    for block in blocks:
+        statements = _statements(block)
+        made = [s for s in statements if re.match(r"(sample_)?density = multidiff\.", s)]
+        assert len(made) == 1
+        exec(made[0], {"multidiff": multidiff, "noise_scheduler_copy": FlowMatchEulerDiscreteScheduler()})
+        rest = [s for s in statements if s not in made and s != "if accelerator.sync_gradients:"]
+        assert rest and [s for s in rest if s not in tested] == []
+
+
 def test_the_set_up_commands_are_what_ci_runs():
     commands = re.search(r"```bash\n(.*?)```", README, re.S).group(1).splitlines()
     commands = [c for c in commands if not c.startswith("#")]
