@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Union
@@ -19,7 +17,28 @@ import yaml
 
 from .errors import UserError
 from .schedules.grids import GRID_MIX
+from .settings import SIGMA_RANGE, because, check_settings, choice, field_rules, integer, number, setting, sigma, text
 from .textdata import parse_yaml  # the bounded loader every recipe and --set value goes through
+
+#: seeds (the recipe's, the NELBO's, the sampler's) stay below this, so every seed derived from them
+#: (seed + k for k seeds, sample seeds, per-step generators) fits what numpy and scikit-learn accept
+MAX_SEED = 2**30
+# every number is bounded by what it feeds downstream, so a value that passes never overflows or fails to allocate later
+_COUNT = 10**9  # steps and step intervals
+_BATCH = 2**16  # examples in one batch
+_SAMPLES = 10**6  # examples evaluated or generated in one run
+
+
+def _sigma_data(v: Any) -> Optional[str]:
+    one = sigma()
+    ok = v is None or (all(one(x) is None for x in v.values()) if isinstance(v, dict) else one(v) is None)
+    return None if ok else f"between {SIGMA_RANGE[0]:g} and {SIGMA_RANGE[1]:g}, one such number per modality, or null"
+
+
+def _sample_sigmas(v: Any) -> Optional[str]:
+    ok = isinstance(v, str) and (v in ("karras", "loguniform", "learned") or v.endswith(".json"))
+    return None if ok else "karras, loguniform, learned or a schedule file (.json)"
+
 
 # ---- the typed sections ---------------------------------------------------------------------------
 
@@ -28,38 +47,38 @@ from .textdata import parse_yaml  # the bounded loader every recipe and --set va
 class DiffusionConfig:
     """The noise process. σ values are σ (not ln σ)."""
 
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    sigma_data: Union[float, dict, None] = None  # RMS of the encoded data (one per modality of a joint domain); measured when null
-    weighting: str = "edm"  # fixed loss weight w(σ): edm | snr | uniform
+    sigma_min: float = setting(0.002, sigma())
+    sigma_max: float = setting(80.0, sigma())
+    sigma_data: Union[float, dict, None] = setting(None, _sigma_data)  # RMS of the encoded data (one per modality of a joint domain); measured when null
+    weighting: str = setting("edm", choice(("edm", "snr", "uniform")))  # fixed loss weight w(σ): edm | snr | uniform
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """The optimization. Steps are optimizer steps."""
 
-    max_steps: int = 2000
-    batch_size: int = 64  # examples per micro-batch and process; an optimizer step sees batch_size × accumulate_grad_batches × processes
-    accumulate_grad_batches: int = 1  # micro-batches whose gradients are summed into one optimizer step
-    lr: float = 2e-3
-    lr_warmup: int = 100  # steps of linear learning-rate warm-up
-    lr_decay: str = "constant"  # after the warm-up: constant | cosine | linear, down to lr × lr_final at max_steps
-    lr_final: float = 0.0  # the decayed rate at max_steps, as a fraction of lr (cosine, linear)
-    weight_decay: float = 0.0
-    grad_clip: Optional[float] = 1.0
-    ema_decay: float = 0.999  # EMA of weights, used for validation, sampling and evaluation
+    max_steps: int = setting(2000, integer(1, _COUNT))
+    batch_size: int = setting(64, integer(1, _BATCH))  # examples per micro-batch and process; an optimizer step sees batch_size × accumulate_grad_batches × processes
+    accumulate_grad_batches: int = setting(1, integer(1, 1024))  # micro-batches whose gradients are summed into one optimizer step
+    lr: float = setting(2e-3, number(0, open_lo=True))  # too large diverges, which training reports in one line
+    lr_warmup: int = setting(100, integer(0, _COUNT))  # steps of linear learning-rate warm-up
+    lr_decay: str = setting("constant", choice(("constant", "cosine", "linear")))  # after the warm-up: constant | cosine | linear, down to lr × lr_final at max_steps
+    lr_final: float = setting(0.0, number(0, 1))  # the decayed rate at max_steps, as a fraction of lr (cosine, linear)
+    weight_decay: float = setting(0.0, number(0))
+    grad_clip: Optional[float] = setting(1.0, number(0, open_lo=True, optional=True))
+    ema_decay: float = setting(0.999, number(0, 1, open_hi=True))  # EMA of weights, used for validation, sampling and evaluation
     precision: Union[str, int] = "auto"  # auto: bf16-mixed on GPUs that support it, else 32-true
     accelerator: str = "auto"
     devices: Union[int, str, list] = 1
-    strategy: str = "auto"  # Lightning strategy for several devices: auto (DDP) | ddp | fsdp
+    strategy: str = setting("auto", choice(("auto", "ddp", "fsdp")))  # Lightning strategy for several devices: auto (DDP) | ddp | fsdp
     compile: bool = False  # torch.compile the backbone (GPU recipes; slow to start on a CPU)
     logger: Union[str, list] = "csv"  # csv (always) plus any of tensorboard, wandb, mlflow
     # per logger, what its Lightning logger takes, e.g. {wandb: {entity: me, group: ablation}, mlflow: {tracking_uri: ...}};
     # unset, W&B and MLflow read their usual environment (WANDB_PROJECT, MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME)
     logger_options: Optional[dict] = None
-    log_every: int = 25
-    eval_every: int = 250  # steps between validation NELBO evaluations
-    checkpoint_every: int = 500
+    log_every: int = setting(25, integer(1, _COUNT))
+    eval_every: int = setting(250, integer(1, _COUNT))  # steps between validation NELBO evaluations
+    checkpoint_every: int = setting(500, integer(1, _COUNT))
     progress_bar: bool = True
 
 
@@ -67,33 +86,33 @@ class TrainConfig:
 class EvalConfig:
     """Evaluation: NELBO quadrature and sample quality, identical for every schedule."""
 
-    nelbo_examples: int = 256  # fixed validation subset for the NELBO
-    nelbo_nodes: int = 32  # midpoint-rule nodes over ln σ (schedule-independent)
-    nelbo_sigma_min: Optional[float] = None  # σ where the bound decodes; null: the domain's choice
-    nelbo_seed: int = 1234
-    nelbo_batch: int = 128
-    quality_every: Optional[int] = None  # steps between sample-quality evaluations; null: train.eval_every; 0: final only
-    quality_samples: int = 256  # samples scored by the domain's sample metric (fixed noise, sampler and grid)
-    quality_seeds: int = 2  # sample seeds at the final evaluation; their spread is the metric's own noise
+    nelbo_examples: int = setting(256, integer(1, _SAMPLES))  # fixed validation subset for the NELBO
+    nelbo_nodes: int = setting(32, integer(1, 4096))  # midpoint-rule nodes over ln σ (schedule-independent)
+    nelbo_sigma_min: Optional[float] = setting(None, sigma(optional=True))  # σ where the bound decodes; null: the domain's choice
+    nelbo_seed: int = setting(1234, integer(0, MAX_SEED))
+    nelbo_batch: int = setting(128, integer(1, _BATCH))
+    quality_every: Optional[int] = setting(None, integer(0, _COUNT, optional=True))  # steps between sample-quality evaluations; null: train.eval_every; 0: final only
+    quality_samples: int = setting(256, because(integer(2, _SAMPLES), "a distance between sample sets needs two"))  # samples scored by the domain's sample metric (fixed noise, sampler and grid)
+    quality_seeds: int = setting(2, integer(1, 100))  # sample seeds at the final evaluation; their spread is the metric's own noise
     # samples per seed at the final evaluation (null: quality_samples): the final values and their noise
     # use them all, the quality curve's last point their first quality_samples (one sample count per curve)
-    final_quality_samples: Optional[int] = None
+    final_quality_samples: Optional[int] = setting(None, integer(2, _SAMPLES, optional=True))
 
 
 @dataclass(frozen=True)
 class SampleConfig:
     """The fixed sampler used for samples and for sample quality."""
 
-    n: int = 64
-    steps: int = 32
-    sampler: str = "heun"  # heun | euler
-    sigmas: str = "karras"  # karras | loguniform | learned | PATH.json
-    rho: float = 7.0
-    grid_mix: float = GRID_MIX  # learned grids: share of EDM's ρ-spacing mixed into the learned density (0: the learned density alone)
-    churn: float = 0.0
-    seed: int = 0
-    batch: int = 256
-    guidance: float = 1.0  # conditional samples of a joint model: classifier-free guidance against its marginal (1: none)
+    n: int = setting(64, integer(1, _SAMPLES))
+    steps: int = setting(32, integer(1, 10_000))
+    sampler: str = setting("heun", choice(("heun", "euler")))  # heun | euler
+    sigmas: str = setting("karras", _sample_sigmas)  # karras | loguniform | learned | PATH.json
+    rho: float = setting(7.0, number(0, 1000, open_lo=True))
+    grid_mix: float = setting(GRID_MIX, number(0, 1))  # learned grids: share of EDM's ρ-spacing mixed into the learned density (0: the learned density alone)
+    churn: float = setting(0.0, number(0, 1000))
+    seed: int = setting(0, integer(0, MAX_SEED))
+    batch: int = setting(256, integer(1, _BATCH))
+    guidance: float = setting(1.0, number(0, 1000))  # conditional samples of a joint model: classifier-free guidance against its marginal (1: none)
 
 
 @dataclass(frozen=True)
@@ -129,80 +148,8 @@ RESUMABLE_KEYS = frozenset({
     "train.logger", "train.logger_options", "train.compile", "train.lr",
 })  # fmt: skip
 
-#: seeds (the recipe's, the NELBO's, the sampler's) stay below this, so every seed derived from them
-#: (seed + k for k seeds, sample seeds, per-step generators) fits what numpy and scikit-learn accept
-MAX_SEED = 2**30
-_COUNT = 10**9  # steps and step intervals
-_BATCH = 2**16  # examples in one batch
-_SAMPLES = 10**6  # examples evaluated or generated in one run
-_SIGMA = (1e-6, 1e6)  # σ's outside it underflow or overflow σ² in float32
-
-
-def _between(lo: float, hi: float) -> tuple[Any, str]:
-    return (lambda v: lo <= v <= hi, f"between {lo:g} and {hi:g}")
-
-
-def _is_sigma(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and _SIGMA[0] <= v <= _SIGMA[1]  # NaN fails too
-
-
-# value checks beyond the type: (predicate, what the value must be); every number is bounded by what
-# it feeds downstream, so a value that passes never overflows or fails to allocate later
-_CHECKS: dict[tuple[str, str], tuple[Any, str]] = {
-    ("diffusion", "sigma_min"): _between(*_SIGMA), ("diffusion", "sigma_max"): _between(*_SIGMA),
-    ("train", "max_steps"): _between(1, _COUNT), ("train", "eval_every"): _between(1, _COUNT),
-    ("train", "checkpoint_every"): _between(1, _COUNT), ("train", "log_every"): _between(1, _COUNT),
-    ("train", "lr_warmup"): _between(0, _COUNT), ("train", "batch_size"): _between(1, _BATCH),
-    ("train", "accumulate_grad_batches"): _between(1, 1024),
-    ("train", "lr"): (lambda v: v > 0, "> 0"),  # too large diverges, which training reports in one line
-    ("eval", "nelbo_examples"): _between(1, _SAMPLES), ("eval", "nelbo_nodes"): _between(1, 4096),
-    ("eval", "nelbo_batch"): _between(1, _BATCH), ("eval", "nelbo_seed"): _between(0, MAX_SEED),
-    ("eval", "quality_samples"): (lambda v: 2 <= v <= _SAMPLES, f"between 2 (a distance between sample sets needs two) and {_SAMPLES:g}"),
-    ("eval", "quality_seeds"): _between(1, 100),
-    ("eval", "final_quality_samples"): (lambda v: v is None or 2 <= v <= _SAMPLES, f"between 2 and {_SAMPLES:g}, or null"),
-    ("sample", "n"): _between(1, _SAMPLES), ("sample", "steps"): _between(1, 10_000), ("sample", "batch"): _between(1, _BATCH),
-    ("sample", "rho"): (lambda v: 0 < v <= 1000, "> 0 and at most 1000"), ("sample", "seed"): _between(0, MAX_SEED),
-    ("diffusion", "sigma_data"): (lambda v: v is None or (all(_is_sigma(x) for x in v.values()) if isinstance(v, dict) else _is_sigma(v)),
-                                  f"between {_SIGMA[0]:g} and {_SIGMA[1]:g}, one such number per modality, or null"),
-    ("diffusion", "weighting"): (lambda v: v in ("edm", "snr", "uniform"), "edm, snr or uniform"),
-    ("train", "weight_decay"): (lambda v: v >= 0, ">= 0"),
-    ("train", "grad_clip"): (lambda v: v is None or v > 0, "> 0 or null"),
-    ("train", "ema_decay"): (lambda v: 0 <= v < 1, "in [0, 1)"),
-    ("train", "strategy"): (lambda v: v in ("auto", "ddp", "fsdp"), "auto, ddp or fsdp"),
-    ("train", "lr_decay"): (lambda v: v in ("constant", "cosine", "linear"), "constant, cosine or linear"),
-    ("train", "lr_final"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("eval", "quality_every"): (lambda v: v is None or 0 <= v <= _COUNT, f">= 0 and at most {_COUNT:g}, or null"),
-    ("eval", "nelbo_sigma_min"): (lambda v: v is None or _is_sigma(v), f"between {_SIGMA[0]:g} and {_SIGMA[1]:g}, or null"),
-    ("sample", "sampler"): (lambda v: v in ("heun", "euler"), "heun or euler"),
-    ("sample", "churn"): (lambda v: 0 <= v <= 1000, "between 0 and 1000"),
-    ("sample", "guidance"): (lambda v: 0 <= v <= 1000, "between 0 and 1000"),
-    ("sample", "grid_mix"): (lambda v: 0 <= v <= 1, "in [0, 1]"),
-    ("sample", "sigmas"): (lambda v: v in ("karras", "loguniform", "learned") or v.endswith(".json"),
-                           "karras, loguniform, learned or a schedule file (.json)"),
-}
-
-
-def _allowed_types(hint: Any) -> tuple[type, ...]:
-    args = typing.get_args(hint)
-    types = args if args else (hint,)
-    out: list[type] = []
-    for t in types:
-        out += [int, float] if t is float else [typing.get_origin(t) or t]
-    return tuple(out)
-
-
 def _check_section(section: str, values: dict[str, Any], source: str) -> None:
-    hints = typing.get_type_hints(SECTION_TYPES[section])
-    for key, value in values.items():
-        allowed = _allowed_types(hints[key])
-        ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
-        if ok and isinstance(value, float) and not math.isfinite(value):
-            ok = False
-        if not ok:
-            raise UserError(f"recipe {source}: '{section}.{key}' has invalid value {value!r}")
-        check = _CHECKS.get((section, key))
-        if check and not check[0](value):
-            raise UserError(f"recipe {source}: '{section}.{key}' must be {check[1]}, got {value!r}")
+    check_settings(section, values, field_rules(SECTION_TYPES[section]), where=f"recipe {source}: ")
 
 
 def sections(recipe: dict[str, Any]) -> Sections:
@@ -263,9 +210,8 @@ def resolve(raw: dict[str, Any], source: str, overrides: list[str] | None = None
         recipe[section] = {**defaults, **given}
     for item in overrides or []:
         apply_override(recipe, item)
-    for key in ("name", "domain"):
-        if not isinstance(recipe.get(key), str) or not recipe[key]:
-            raise UserError(f"recipe {source}: '{key}' must be a non-empty string")
+    top = {key: recipe.get(key) for key in ("name", "domain")}
+    check_settings("", top, {"name": text(), "domain": text()}, where=f"recipe {source}: ")
     for section in ("data", "model", "schedule"):
         if not isinstance(recipe[section], dict):
             raise UserError(f"recipe {source}: section '{section}' must be a mapping")
@@ -281,9 +227,7 @@ def resolve(raw: dict[str, Any], source: str, overrides: list[str] | None = None
     if final is not None and final < n:
         raise UserError(f"recipe {source}: eval.final_quality_samples ({final}) must be at least eval.quality_samples ({n}): "
                         "the quality curve's last point is scored on the first quality_samples of them")  # fmt: skip
-    seed = recipe["seed"]
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
-        raise UserError(f"recipe {source}: 'seed' must be an integer between 0 and {MAX_SEED}, got {seed!r}")
+    check_settings("", {"seed": recipe["seed"]}, {"seed": integer(0, MAX_SEED)}, where=f"recipe {source}: ")
     for key, spec in schedule_specs(recipe).items():
         where = f"schedule.{key}." if key else "schedule."
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):

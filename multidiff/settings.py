@@ -1,9 +1,17 @@
-"""Checks for the free-form recipe sections a domain or backbone owns (``data``, ``model``): each
-key gets a rule, and a value that breaks it is a one-line error naming ``section.key``, before any
-data is loaded or any directory made."""
+"""The one way settings are validated: each key has a rule (value → what it must be, or None when
+the value is fine), and a value that breaks its rule is a one-line error naming ``section.key``,
+before any data is loaded or any directory made.
+
+Rules live beside the settings they check: a domain's or backbone's dict of rules for the free-form
+``data`` and ``model`` sections; :func:`setting` on the fields of the typed recipe sections and of
+every schedule's parameters (a field without one is checked by its type). Checks that relate two
+keys are written where both are known.
+"""
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 from typing import Any, Callable, Optional, Sequence
 
 from .errors import UserError
@@ -65,13 +73,67 @@ def anything() -> Rule:
     return lambda v: None
 
 
-def check_settings(section: str, values: dict[str, Any], rules: dict[str, Rule]) -> None:
-    """UserError ``section.key must be ..., got ...`` for the first value that breaks its rule."""
+def because(rule: Rule, why: str) -> Rule:
+    """``rule`` with the reason appended to what it asks for."""
+    return lambda v: None if rule(v) is None else f"{rule(v)} ({why})"
+
+
+def sigma(optional: bool = False) -> Rule:
+    """A noise level σ (not ln σ) whose square float32 holds: in [1e-6, 1e6]."""
+    return number(SIGMA_RANGE[0], SIGMA_RANGE[1], optional=optional)
+
+
+SIGMA_RANGE = (1e-6, 1e6)  # σ's outside it underflow or overflow σ² in float32
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", dict: "a mapping", list: "a list"}
+
+
+def type_rule(hint: Any) -> Rule:
+    """The rule of a type annotation alone (``int``, ``float``, ``Optional[...]``, ``Union[...]``)."""
+    options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    optional = type(None) in options
+    kinds = [typing.get_origin(t) or t for t in options if t is not type(None)]
+    if not all(k in _TYPE_WORDS for k in kinds):
+        return anything()
+    must = " or ".join(_TYPE_WORDS[k] for k in kinds) + (" or null" if optional else "")
+
+    def fits(v: Any, kind: type) -> bool:
+        if kind is bool:
+            return isinstance(v, bool)
+        if kind is int:
+            return _is_int(v)
+        if kind is float:
+            return _is_number(v)
+        return isinstance(v, kind)
+
+    return lambda v: None if (optional and v is None) or any(fits(v, k) for k in kinds) else must
+
+
+def setting(default: Any, rule: Rule) -> Any:
+    """A dataclass field with its default and its rule (see :func:`field_rules`)."""
+    return dataclasses.field(default=default, metadata={"rule": rule})
+
+
+def field_rules(cls: type) -> dict[str, Rule]:
+    """Every field of a settings dataclass → its rule: the one given by :func:`setting`, else its type's."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: f.metadata.get("rule") or type_rule(hints[f.name]) for f in dataclasses.fields(cls)}
+
+
+def check_settings(section: str, values: dict[str, Any], rules: dict[str, Rule], where: str = "") -> None:
+    """UserError ``[where]section.key must be ..., got ...`` for the first value that breaks its rule
+    (``section`` empty: a top-level key)."""
     for key, rule in rules.items():
         if key in values:
             must = rule(values[key])
             if must:
-                raise UserError(f"{section}.{key} must be {must}, got {values[key]!r}")
+                raise UserError(f"{where}{section + '.' if section else ''}{key} must be {must}, got {values[key]!r}")
+
+
+def check_fields(section: str, obj: Any, where: str = "") -> None:
+    """Check every field of a settings dataclass instance against its rule."""
+    check_settings(section, {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}, field_rules(type(obj)), where)
 
 
 # rules shared by the image domains' data sections

@@ -209,6 +209,56 @@ def test_nelbo_of_exact_binary_denoiser_is_one_bit_per_pixel():
     assert float(worse["total"].mean()) / (dims * math.log(2)) > 3
 
 
+class ExactJointBackbone(torch.nn.Module):
+    """A joint model's backbone that makes its preconditioned denoiser exact for independent modalities:
+    Gaussian of RMS ``s`` ("wave") and ±1 pixels ("pixels")."""
+
+    def __init__(self, s: float, sigma_data: dict) -> None:
+        super().__init__()
+        self.s, self.sigma_data = s, sigma_data
+
+    def forward(self, xs: dict, c_noise: dict) -> dict:
+        out = {}
+        for k, scaled in xs.items():
+            sigma, d = torch.exp(4 * c_noise[k]).view(-1, 1), self.sigma_data[k]
+            c_skip, c_out, c_in, _ = edm_coefficients(sigma, d)
+            z = scaled / c_in
+            best = gaussian_denoiser(self.s)(z, sigma.flatten()) if k == "wave" else two_point_denoiser(z, sigma.flatten())
+            out[k] = (best - c_skip * z) / c_out
+        return out
+
+
+def test_joint_bound_follows_each_modality_to_its_floor_and_is_each_ones_entropy():
+    """Two independent modalities under exact denoisers: the joint bound is the sum of each one's
+    entropy (Gaussian: ½ln(2πe s²) per dimension; ±1 pixels: 1 bit), each along its own path to its own
+    floor; given the pixels clean, the conditional bound is the Gaussian's alone."""
+    from multidiff.diffusion.joint import JointDiffusion
+
+    s, dims, n = 0.8, 8, 8192
+    sigma_data = {"wave": s, "pixels": 1.0}
+    model = JointDiffusion(ExactJointBackbone(s, sigma_data), {"wave": (dims,), "pixels": (dims,)}, sigma_data,
+                           {"wave": "gaussian", "pixels": "binary"}, {"wave": 0.01, "pixels": 0.2}, {},
+                           {"wave": torch.zeros(1, dims), "pixels": torch.zeros(1, dims)}, weighting="edm",
+                           sigma_min=0.002, sigma_max=50.0, clean_share=0.0, drop_share=0.0)  # fmt: skip
+    g = torch.Generator().manual_seed(3)
+    x = torch.cat([s * torch.randn(n, dims, generator=g), torch.where(torch.rand(n, dims, generator=g) > 0.5, 1.0, -1.0)], 1)
+    noise = fixed_noise(torch.arange(n), (2 * dims,), 65, seed=4)
+    wave = x[:, :dims]  # −ln p of these very draws under N(0, s²): the entropy, without the sample's own spread
+    gaussian = dims * 0.5 * math.log(2 * math.pi * s**2) + float(wave.square().sum(1).mean()) / (2 * s**2)
+    joint = float(model.nelbo(x, noise, 0.002, 50.0).mean())
+    assert joint == pytest.approx(gaussian + dims * math.log(2), abs=0.015 * 2 * dims)  # a few standard errors
+    alone = float(model.nelbo(x, noise, 0.002, 50.0, only="wave").mean())
+    assert alone == pytest.approx(gaussian, abs=0.015 * dims)
+    pixels = float(model.nelbo(x, noise, 0.002, 50.0, only="pixels").mean())
+    assert pixels == pytest.approx(dims * math.log(2), abs=0.02 * dims)
+    # one quadrature: the joint bound is each modality's own bound down to its own floor (0.01, 0.2)
+    own = [nelbo_nats(den, part, noise[:, :, cols], sigma_min=floor, sigma_max=50.0, recon_nll=recon)["total"]
+           for den, part, cols, floor, recon in [(gaussian_denoiser(s), wave, slice(0, dims), 0.01, gaussian_recon_nll),
+                                                 (two_point_denoiser, x[:, dims:], slice(dims, None), 0.2, binary_recon_nll)]]  # fmt: skip
+    assert torch.allclose(model.nelbo(x, noise, 0.002, 50.0), own[0] + own[1], rtol=1e-5)
+    assert not torch.allclose(model.nelbo(x, noise, 0.2, 50.0), own[0] + own[1], rtol=1e-3)  # the wave's floor raised to 0.2
+
+
 def test_fixed_noise_depends_only_on_example_id():
     a = fixed_noise(torch.tensor([3, 4]), (2,), 5, seed=9)
     b = fixed_noise(torch.tensor([4]), (2,), 5, seed=9)

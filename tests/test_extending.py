@@ -91,3 +91,33 @@ def test_every_registered_domain_declares_what_the_shared_code_asks_of_it(key):
     assert isinstance(cls.nelbo_unit, str) and set(cls.data_rules) <= set(cls.data_defaults)
     for hook in ("load", "build_model", "write_samples"):
         assert getattr(cls, hook) is not getattr(Domain, hook), f"{key} must implement {hook}"
+
+
+def _settings_classes():
+    from multidiff.recipe import SECTION_TYPES
+
+    yield from ((f"recipe {name}", cls) for name, cls in SECTION_TYPES.items())
+    yield from ((f"schedule {name}", spec.params) for name, spec in registry.REGISTRY.items())
+
+
+@pytest.mark.parametrize(("what", "cls"), list(_settings_classes()), ids=lambda v: v if isinstance(v, str) else "")
+def test_every_setting_is_checked_by_its_rule_and_its_default_passes(what, cls):
+    """One mechanism for every typed setting (recipe sections, each schedule's parameters): each
+    field's rule accepts its default and refuses a value of the wrong kind; a schedule built with a bad
+    value is refused in one line naming the key."""
+    import dataclasses
+
+    from multidiff.settings import field_rules
+
+    rules = field_rules(cls)
+    assert set(rules) == {f.name for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        assert rules[f.name](f.default) is None, (f.name, f.default)
+        assert rules[f.name](object()) is not None, f.name
+    refusing = [key for key, rule in rules.items() if rule("not a value") is not None]
+    if what.startswith("schedule") and refusing:
+        from multidiff.errors import UserError
+
+        key = refusing[0]
+        with pytest.raises(UserError, match=f"schedule.{key} must be"):
+            registry.build_schedule(what.split()[1], {key: "not a value"}, test_schedules.CTX)

@@ -133,7 +133,7 @@ def test_bad_sampler_settings_and_unusable_data_fail_before_the_run_directory_ex
     [
         ("data.threshold=abc", "data.threshold must be a number"),
         ("model.channels=-4", "model.channels must be an integer ≥ 1"),
-        ("train.ema_decay=2", "'train.ema_decay' must be in [0, 1)"),
+        ("train.ema_decay=2", "train.ema_decay must be a number in [0, 1), got 2"),
         ("data.size=0", "data.size must be an integer ≥ 1"),
         ("eval.quality_every=7", "multiple of train.eval_every"),
     ],

@@ -35,7 +35,7 @@ def test_a_run_ends_at_the_decayed_rate(tmp_path):
 
 
 def test_bad_decay_settings_are_refused_before_anything_is_written(tmp_path, capsys):
-    for setting, message in (("train.lr_decay=step", "constant, cosine or linear"), ("train.lr_final=2", "in [0, 1]"),
+    for setting, message in (("train.lr_decay=step", "one of constant, cosine, linear"), ("train.lr_final=2", "in [0, 1]"),
                              ("train.accumulate_grad_batches=0", "train.accumulate_grad_batches")):  # fmt: skip
         assert main(tiny_train_args(tmp_path / "x", steps=2, extra=(setting,))) == 2
         assert message in capsys.readouterr().err

@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from .likelihood import quadrature
+from .likelihood import nelbo_along_paths
 from .loss import LossOutput
 from .model import RECON, DiffusionModel
 from .precond import edm_coefficients
@@ -169,34 +169,17 @@ class JointDiffusion(DiffusionModel):
     def recon_nll(self, x: Tensor, z: Tensor, sigma: float) -> Tensor:
         raise NotImplementedError("the joint bound decodes each modality at its own σ (see nelbo)")
 
-    @torch.no_grad()
     def nelbo(self, x: Tensor, noise: Tensor, sigma_min: float, sigma_max: float, only: Optional[str] = None) -> Tensor:
         """Per-example NELBO in nats along every modality's own path σ_max → its floor (``sigma_min``
         is each floor's lower limit). ``only``: the bound of that modality alone, the others given
         clean (a conditional NELBO)."""
-        nodes = noise.shape[1] - 1
         parts = self.split(x)
-        lo = {k: max(self.floors[k], sigma_min) for k in self.keys}
-        grid = {k: quadrature(lo[k], sigma_max, nodes) for k in self.keys}  # (midpoints of ln σ, cell width)
-        counted = [only] if only else self.keys
-        total = x.new_zeros(x.shape[0])
-        for j in range(nodes):
-            eps = self.split(noise[:, j])
-            sig, noisy = {}, {}
-            for k in self.keys:
-                given = only is not None and k != only
-                s = self.sigma_min if given else float(math.exp(float(grid[k][0][j])))
-                sig[k] = torch.full((x.shape[0],), s, device=x.device)
-                noisy[k] = parts[k] if given else parts[k] + s * eps[k]
-            den = self.denoise_parts(noisy, sig)
-            for k in counted:
-                s = float(sig[k][0])
-                total += (den[k].float() - parts[k]).square().flatten(1).sum(1) / s**2 * grid[k][1]
-        last = self.split(noise[:, -1])
-        for k in counted:
-            total += parts[k].square().flatten(1).sum(1) / (2 * sigma_max**2)  # prior
-            total += RECON[self.recon[k]](parts[k], parts[k] + lo[k] * last[k], lo[k])  # reconstruction
-        return total
+        draws = noise.shape[1]
+        eps = {k: part.reshape(x.shape[0], draws, *self.shapes[k]) for k, part in zip(self.keys, noise.split(self.sizes, dim=2))}
+        given = {k: self.sigma_min for k in self.keys if only is not None and k != only}
+        bound = nelbo_along_paths(self.denoise_parts, parts, eps, floors={k: max(self.floors[k], sigma_min) for k in self.keys},
+                                  sigma_max=sigma_max, recon_nll={k: RECON[self.recon[k]] for k in self.keys}, given=given)  # fmt: skip
+        return torch.stack([terms["total"] for terms in bound.values()]).sum(0)
 
     # ---- decoding -------------------------------------------------------------------------------------
     def decode(self, x: Tensor) -> Tensor:

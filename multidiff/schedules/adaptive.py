@@ -19,9 +19,10 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
+from ..settings import because, integer, number, setting
 from .base import Schedule, ScheduleContext
 from .bases import fixed_schedule
-from .learned import BinnedSchedule, check, fill_log_interp
+from .learned import BinnedSchedule, fill_log_interp
 from .tabulated import TabulatedDensity
 
 
@@ -29,14 +30,14 @@ from .tabulated import TabulatedDensity
 class AdaptiveParams:
     """Adaptive importance sampling. Steps are optimizer steps."""
 
-    bins: int = 64  # K bins of ln σ
-    warmup: int = 200  # steps sampled from the target first
-    refresh: int = 100  # steps between refreshes (R)
+    bins: int = setting(64, integer(4))  # K bins of ln σ
+    warmup: int = setting(200, integer(0))  # steps sampled from the target first
+    refresh: int = setting(100, integer(1))  # steps between refreshes (R)
     target: str = "edm"  # the fixed density whose objective is kept: any fixed schedule
-    ema: float = 0.7  # weight of the previous per-bin mean at each refresh
-    min_count: int = 4  # bins with fewer samples keep their estimate and carry the samples over
-    smooth: float = 1.0  # std, in bins, of the Gaussian smoothing of ln L̂; 0 disables
-    floor: float = 0.1  # mixture weight of the target (importance weights stay near or below 1/floor)
+    ema: float = setting(0.7, number(0, 1, open_hi=True))  # weight of the previous per-bin mean at each refresh
+    min_count: int = setting(4, integer(1))  # bins with fewer samples keep their estimate and carry the samples over
+    smooth: float = setting(1.0, number(0))  # std, in bins, of the Gaussian smoothing of ln L̂; 0 disables
+    floor: float = setting(0.1, because(number(0, 1, open_lo=True), "it bounds the importance weights by about 1/floor"))  # mixture weight of the target (importance weights stay near or below 1/floor)
 
 
 class Adaptive(BinnedSchedule):
@@ -45,7 +46,6 @@ class Adaptive(BinnedSchedule):
 
     def __init__(self, ctx: ScheduleContext, params: Optional[AdaptiveParams] = None) -> None:
         p = params or AdaptiveParams()
-        check(0 < p.floor <= 1, "floor must be in (0, 1]: it bounds the importance weights by about 1/floor")
         super().__init__(ctx, p, fixed_schedule(p.target, ctx))
         self.grid_u = np.concatenate([[ctx.u_min], self.stats.centers, [ctx.u_max]])
 

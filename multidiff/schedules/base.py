@@ -10,6 +10,7 @@ Schedules import nothing from domains or the trainer: what they need to know abo
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..errors import UserError
+from ..settings import check_fields
 from .density import TabulatedDensity
 from .io import save_schedule_file
 from .table import ScheduleTable
@@ -108,6 +110,8 @@ class Schedule:
     probe_examples: int = 0
 
     def __init__(self, ctx: ScheduleContext, params: Any = None) -> None:
+        if dataclasses.is_dataclass(params):  # every parameter against its rule, however the schedule is built
+            check_fields("schedule", params)
         self.ctx = ctx
         self.params = params
         self.device = torch.device("cpu")

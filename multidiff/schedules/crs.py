@@ -36,9 +36,10 @@ from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 from ..metrics.frechet import gaussian_fit
+from ..settings import choice, integer, number, setting
 from .base import Probe, ScheduleContext, all_reduce_sum_, process_rank, share_from_rank0, world_size
 from .bases import fixed_schedule
-from .learned import LearnedSchedule, check, mix_floor
+from .learned import LearnedSchedule, mix_floor
 from .tabulated import TabulatedDensity
 
 MEASURES = ("fd", "x0", "eps")
@@ -48,20 +49,20 @@ MEASURES = ("fd", "x0", "eps")
 class CRSParams:
     """CRS settings. Steps are optimizer steps."""
 
-    measure: str = "fd"  # fd (data, before training) | x0 | eps (model, online)
-    xi: float = 1.0  # p(u) ∝ v(u)^xi
-    bins: int = 64  # K segments of ln σ on which the speed is measured
-    smooth: float = 1.0  # std, in segments, of the Gaussian smoothing of ln v; 0 disables
-    space: str = "vp"  # fd: vp (x+σε)/√(σ_data²+σ²) | ve (x+σε)
-    features: int = 64  # fd: raw dims up to this many, else a fixed random projection to this many
-    examples: int = 2048  # fd: training examples used
-    probe_batch: int = 32  # x0/eps: held-out examples per refresh
-    refresh: int = 200  # x0/eps: steps between refreshes (R)
-    warmup: int = 200  # x0/eps: steps sampled from `base` before the first measurement
+    measure: str = setting("fd", choice(MEASURES))  # fd (data, before training) | x0 | eps (model, online)
+    xi: float = setting(1.0, number(0, open_lo=True))  # p(u) ∝ v(u)^xi
+    bins: int = setting(64, integer(4))  # K segments of ln σ on which the speed is measured
+    smooth: float = setting(1.0, number(0))  # std, in segments, of the Gaussian smoothing of ln v; 0 disables
+    space: str = setting("vp", choice(("vp", "ve")))  # fd: vp (x+σε)/√(σ_data²+σ²) | ve (x+σε)
+    features: int = setting(64, integer(1))  # fd: raw dims up to this many, else a fixed random projection to this many
+    examples: int = setting(2048, integer(2))  # fd: training examples used
+    probe_batch: int = setting(32, integer(1))  # x0/eps: held-out examples per refresh
+    refresh: int = setting(200, integer(1))  # x0/eps: steps between refreshes (R)
+    warmup: int = setting(200, integer(0))  # x0/eps: steps sampled from `base` before the first measurement
     base: str = "edm"  # x0/eps warm-up density: any fixed schedule
-    ema: float = 0.5  # x0/eps: weight of the previous speed estimate at each refresh
-    floor: float = 0.0  # mixture weight of log-uniform (0: pure v^xi)
-    seed: int = 0  # seed of the fixed noise (and projection)
+    ema: float = setting(0.5, number(0, 1, open_hi=True))  # x0/eps: weight of the previous speed estimate at each refresh
+    floor: float = setting(0.0, number(0, 1, open_hi=True))  # mixture weight of log-uniform (0: pure v^xi)
+    seed: int = setting(0, integer(0))  # seed of the fixed noise (and projection)
 
 
 def gaussian_path_speed(
@@ -97,15 +98,6 @@ class CRS(LearnedSchedule):
 
     def __init__(self, ctx: ScheduleContext, params: Optional[CRSParams] = None) -> None:
         p = params or CRSParams()
-        check(p.measure in MEASURES, f"measure must be one of {', '.join(MEASURES)}, got {p.measure!r}")
-        check(p.xi > 0, "xi must be > 0")
-        check(p.bins >= 4, "bins must be >= 4")
-        check(p.smooth >= 0, "smooth must be >= 0")
-        check(p.space in ("vp", "ve"), "space must be vp or ve")
-        check(p.features >= 1 and p.examples >= 2 and p.probe_batch >= 1, "features, examples and probe_batch must be positive")
-        check(p.refresh >= 1 and p.warmup >= 0, "refresh must be >= 1 and warmup >= 0")
-        check(0 <= p.ema < 1, "ema must be in [0, 1)")
-        check(0 <= p.floor < 1, "floor must be in [0, 1)")
         super().__init__(ctx, p, fixed_schedule(p.base, ctx))
         self.model_based = p.measure != "fd"
         self.prepare_examples = 0 if self.model_based else int(p.examples)

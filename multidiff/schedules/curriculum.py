@@ -25,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ..errors import NonFiniteLossError
+from ..settings import integer, number, setting
 from .base import Probe, Schedule, ScheduleContext, ScheduleTable, all_reduce_sum_, keep_on_rank0_, merge_into_rank0_
 from .bases import FIXED, fixed_schedule
 from .learned import check
@@ -40,11 +41,11 @@ class CurriculumParams:
     """Curriculum settings. Steps are optimizer steps."""
 
     base: str = "edm"  # the schedule that is cut into clusters: any schedule but curriculum/adaptive
-    clusters: int = 20  # N equal-mass clusters of the base
-    patience: int = 200  # steps without improvement of the smoothed loss before the next stage
-    ema: float = 0.99  # per-step decay of the loss EMA
-    refresh: int = 10  # steps between progress checks
-    min_delta: float = 0.0  # relative decrease that counts as an improvement
+    clusters: int = setting(20, integer(1))  # N equal-mass clusters of the base
+    patience: int = setting(200, integer(1))  # steps without improvement of the smoothed loss before the next stage
+    ema: float = setting(0.99, number(0, 1, open_hi=True))  # per-step decay of the loss EMA
+    refresh: int = setting(10, integer(1))  # steps between progress checks
+    min_delta: float = setting(0.0, number(0))  # relative decrease that counts as an improvement
 
 
 def stage_bounds(stage: int, clusters: int) -> float:
@@ -61,11 +62,6 @@ class Curriculum(Schedule):
         p = params or CurriculumParams()
         check(base is None or base.name not in ("curriculum", "adaptive"),
               f"base must be a schedule other than curriculum and adaptive, got {p.base!r}")  # fmt: skip
-        check(p.clusters >= 1, "clusters must be >= 1")
-        check(p.patience >= 1, "patience must be >= 1")
-        check(p.refresh >= 1, "refresh must be >= 1")
-        check(0 <= p.ema < 1, "ema must be in [0, 1)")
-        check(p.min_delta >= 0, "min_delta must be >= 0")
         super().__init__(ctx, p)
         self.base = base if base is not None else _fixed_base(p.base, ctx)
         # progress checks and the base's own refreshes share one callback cadence

@@ -24,6 +24,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from ..settings import choice, number, setting
 from .base import ScheduleContext
 from .fixed import ClosedForm, NoParams
 
@@ -51,8 +52,8 @@ class Cosine(ClosedForm):
 class LaplaceParams:
     """λ = logSNR ~ Laplace(mu, b) (Hang et al. 2024)."""
 
-    mu: float = 0.0
-    b: float = 0.5
+    mu: float = setting(0.0, number())
+    b: float = setting(0.5, number(0, open_lo=True))
 
 
 class Laplace(ClosedForm):
@@ -61,8 +62,6 @@ class Laplace(ClosedForm):
     def __init__(self, ctx: ScheduleContext, params: Optional[LaplaceParams] = None) -> None:
         super().__init__(ctx, params or LaplaceParams())
         self.mu, self.b = float(self.params.mu), float(self.params.b)
-        if not self.b > 0:
-            raise ValueError(f"b must be > 0, got {self.b}")
         self._setup()
 
     # In λ: survival S(l) = ½e^{−(l−μ)/b} above μ, 1 − ½e^{(l−μ)/b} below; F_u(u) = S(−2u).
@@ -88,8 +87,8 @@ class Laplace(ClosedForm):
 class CauchyParams:
     """λ = logSNR ~ Cauchy(mu, gamma) (Hang et al. 2024)."""
 
-    mu: float = 0.0
-    gamma: float = 1.0
+    mu: float = setting(0.0, number())
+    gamma: float = setting(1.0, number(0, open_lo=True))
 
 
 class Cauchy(ClosedForm):
@@ -98,8 +97,6 @@ class Cauchy(ClosedForm):
     def __init__(self, ctx: ScheduleContext, params: Optional[CauchyParams] = None) -> None:
         super().__init__(ctx, params or CauchyParams())
         self.mu, self.g = float(self.params.mu), float(self.params.gamma)
-        if not self.g > 0:
-            raise ValueError(f"gamma must be > 0, got {self.g}")
         self._setup()
 
     # In λ: F(l) = ½ + arctan((l − μ)/γ)/π, so F_u(u) = 1 − F(−2u) = ½ − arctan((−2u − μ)/γ)/π.
@@ -127,11 +124,11 @@ class ChenParams:
     ``linear`` (γ = 1 − t) ignores start, end and tau.
     """
 
-    function: str = "sigmoid"  # linear | cosine | sigmoid
+    function: str = setting("sigmoid", choice(("linear", "cosine", "sigmoid")))
     start: Optional[float] = None
     end: Optional[float] = None
-    tau: float = 1.0
-    b: float = 1.0
+    tau: float = setting(1.0, number(0, open_lo=True))
+    b: float = setting(1.0, number(0, open_lo=True))
 
 
 class Chen(ClosedForm):
@@ -140,14 +137,10 @@ class Chen(ClosedForm):
     def __init__(self, ctx: ScheduleContext, params: Optional[ChenParams] = None) -> None:
         super().__init__(ctx, params or ChenParams())
         p = self.params
-        if p.function not in CHEN_DEFAULTS:
-            raise ValueError(f"function must be one of linear, cosine, sigmoid, got {p.function!r}")
         start, end = CHEN_DEFAULTS[p.function]
         self.start = float(start if p.start is None else p.start)
         self.end = float(end if p.end is None else p.end)
         self.tau, self.b = float(p.tau), float(p.b)
-        if not (self.tau > 0 and self.b > 0):
-            raise ValueError(f"tau and b must be > 0, got tau={self.tau}, b={self.b}")
         if not self.start < self.end:
             raise ValueError(f"start must be below end, got start={self.start}, end={self.end}")
         if p.function == "cosine" and not (0 <= self.start and self.end <= 1):

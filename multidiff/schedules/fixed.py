@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..settings import number, setting
 from .base import Schedule, ScheduleContext
 
 
@@ -58,14 +59,14 @@ class ClosedForm(Schedule):
 class LogNormalParams:
     """ln σ ~ N(p_mean, p_std²), truncated to [ln σ_min, ln σ_max]. EDM: (-1.2, 1.2); EDM2: (-0.4, 1.0)."""
 
-    p_mean: float = -1.2
-    p_std: float = 1.2
+    p_mean: float = setting(-1.2, number())
+    p_std: float = setting(1.2, number(0, open_lo=True))
 
 
 @dataclass
 class EDM2Params(LogNormalParams):
-    p_mean: float = -0.4
-    p_std: float = 1.0
+    p_mean: float = setting(-0.4, number())
+    p_std: float = setting(1.0, number(0, open_lo=True))
 
 
 class LogNormal(ClosedForm):
@@ -79,8 +80,6 @@ class LogNormal(ClosedForm):
     def __init__(self, ctx: ScheduleContext, params: LogNormalParams | None = None) -> None:
         super().__init__(ctx, params or LogNormalParams())
         self.m, self.s = float(self.params.p_mean), float(self.params.p_std)
-        if not self.s > 0:
-            raise ValueError(f"p_std must be > 0, got {self.s}")
         self._setup()
 
     def _cdf(self, u: Tensor) -> Tensor:

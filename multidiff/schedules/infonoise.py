@@ -35,6 +35,7 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
+from ..settings import choice, integer, number, setting
 from .base import ScheduleContext, ScheduleTable
 from .bases import fixed_schedule
 from .learned import BinnedSchedule, check, fill_log_interp, mix_base, mix_floor
@@ -45,21 +46,21 @@ from .tabulated import TabulatedDensity
 class InfoNoiseParams:
     """InfoNoise settings. Steps are optimizer steps; ``gate_c`` is a σ (not ln σ)."""
 
-    bins: int = 96  # K bins over [ln σ_min, ln σ_max]
-    warmup: int = 500  # steps sampled from `base` before the learned density takes over
-    refresh: int = 100  # steps between refreshes (R)
+    bins: int = setting(96, integer(4))  # K bins over [ln σ_min, ln σ_max]
+    warmup: int = setting(500, integer(0))  # steps sampled from `base` before the learned density takes over
+    refresh: int = setting(100, integer(1))  # steps between refreshes (R)
     base: str = "edm"  # warm-up density: any fixed schedule (edm, edm2, loguniform, cosine, laplace, ...)
-    ema: float = 0.7  # weight of the previous per-bin estimate at each refresh
-    min_count: int = 8  # bins with fewer observations keep their estimate and carry the samples over
-    smooth: float = 1.0  # std, in bins, of the Gaussian smoothing of ln(rate); 0 disables
-    gate_c: Optional[float] = None  # σ of the low-noise gate; None: onset rule
+    ema: float = setting(0.7, number(0, 1, open_hi=True))  # weight of the previous per-bin estimate at each refresh
+    min_count: int = setting(8, integer(1))  # bins with fewer observations keep their estimate and carry the samples over
+    smooth: float = setting(1.0, number(0))  # std, in bins, of the Gaussian smoothing of ln(rate); 0 disables
+    gate_c: Optional[float] = setting(None, number(0, open_lo=True, optional=True))  # σ of the low-noise gate; None: onset rule
     gate_n: float = 3.0  # gate exponent n
     onset_p: float = 0.002  # onset threshold, relative to the peak of r/w
-    onset: str = "peak"  # peak: scan the ungated density down from its peak | tail: per-σ profile m̂/σ³, c where it stays below p above
-    allocation: str = "effective"  # effective: p·w ∝ rate·gate (divide by the loss weight) | density: p ∝ rate·gate
-    floor: float = 0.03  # mixture weight of log-uniform, so no bin starves
-    defensive: float = 0.0  # mixture weight of the base density: no region gets less than this share of the base's samples
-    temper: float = 1.0  # exponent ξ on the gated density (p ∝ (r·g/w)^ξ): > 1 sharpens it toward its peak, < 1 flattens it
+    onset: str = setting("peak", choice(("peak", "tail")))  # peak: scan the ungated density down from its peak | tail: per-σ profile m̂/σ³, c where it stays below p above
+    allocation: str = setting("effective", choice(("effective", "density")))  # effective: p·w ∝ rate·gate (divide by the loss weight) | density: p ∝ rate·gate
+    floor: float = setting(0.03, number(0, 1, open_hi=True))  # mixture weight of log-uniform, so no bin starves
+    defensive: float = setting(0.0, number(0, 1, open_hi=True))  # mixture weight of the base density: no region gets less than this share of the base's samples
+    temper: float = setting(1.0, number(0, 8, open_lo=True))  # exponent ξ on the gated density (p ∝ (r·g/w)^ξ): > 1 sharpens it toward its peak, < 1 flattens it
 
 
 def low_noise_gate(sigma: np.ndarray, c: float, n: float) -> np.ndarray:
@@ -147,15 +148,10 @@ class InfoNoise(BinnedSchedule):
 
     def __init__(self, ctx: ScheduleContext, params: InfoNoiseParams | None = None) -> None:
         p = params or InfoNoiseParams()
+        super().__init__(ctx, p, fixed_schedule(p.base, ctx))  # checks each parameter against its rule
         check(p.allocation != "effective" or ctx.weight is not None,
               "allocation 'effective' divides by the training loss's weight w(σ): give the weighting (or allocation: density)")  # fmt: skip
-        check(0 <= p.floor < 1, "floor must be in [0, 1)")
-        check(0 <= p.defensive < 1 and p.floor + p.defensive < 1, "defensive must be in [0, 1) and floor + defensive below 1")
-        check(p.gate_c is None or p.gate_c > 0, "gate_c must be a positive σ or null")
-        check(p.onset in ("peak", "tail"), "onset must be peak or tail")
-        check(p.allocation in ("effective", "density"), "allocation must be effective or density")
-        check(0 < p.temper <= 8, "temper must be in (0, 8]")
-        super().__init__(ctx, p, fixed_schedule(p.base, ctx))
+        check(p.floor + p.defensive < 1, "defensive: floor + defensive must stay below 1")
         self.profile: Optional[Profile] = None
 
     @property

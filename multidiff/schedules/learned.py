@@ -182,11 +182,6 @@ class BinnedSchedule(LearnedSchedule):
     what = "value"  # named in the error when the statistics turn non-finite
 
     def __init__(self, ctx: ScheduleContext, params: Any, base: Schedule) -> None:
-        check(params.bins >= 4, "bins must be >= 4")
-        check(params.refresh >= 1, "refresh must be >= 1")
-        check(params.warmup >= 0, "warmup must be >= 0")
-        check(0 <= params.ema < 1, "ema must be in [0, 1)")
-        check(params.min_count >= 1, "min_count must be >= 1")
         super().__init__(ctx, params, base)
         self.refresh_every = int(params.refresh)
         self.stats = BinnedStats(ctx, params.bins)

@@ -24,9 +24,10 @@ import torch
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
+from ..settings import because, choice, integer, number, setting
 from .base import ScheduleContext
 from .bases import fixed_schedule
-from .learned import BinnedSchedule, check, mix_floor
+from .learned import BinnedSchedule, mix_floor
 from .tabulated import TabulatedDensity
 
 
@@ -34,15 +35,15 @@ from .tabulated import TabulatedDensity
 class TimewarpParams:
     """Time-warping settings. Steps are optimizer steps."""
 
-    bins: int = 100  # K bins of ln σ for the piecewise-linear fit
-    warmup: int = 200  # steps sampled from `base` first
-    refresh: int = 100  # steps between refits (R)
+    bins: int = setting(100, integer(4))  # K bins of ln σ for the piecewise-linear fit
+    warmup: int = setting(200, integer(0))  # steps sampled from `base` first
+    refresh: int = setting(100, integer(1))  # steps between refits (R)
     base: str = "edm"  # warm-up density: any fixed schedule
-    target: str = "loss"  # what is fitted: loss (the weighted training loss, as CDCD) | error (x0 error)
-    ema: float = 0.7  # weight of the previous per-bin mean at each refit
-    min_count: int = 4  # bins with fewer samples keep their estimate and carry the samples over
-    smooth: float = 2.0  # std, in bins, of the Gaussian smoothing of the bin means before the fit; 0 disables
-    floor: float = 0.05  # mixture weight of log-uniform
+    target: str = setting("loss", choice(("loss", "error")))  # what is fitted: loss (the weighted training loss, as CDCD) | error (x0 error)
+    ema: float = setting(0.7, number(0, 1, open_hi=True))  # weight of the previous per-bin mean at each refit
+    min_count: int = setting(4, integer(1))  # bins with fewer samples keep their estimate and carry the samples over
+    smooth: float = setting(2.0, number(0))  # std, in bins, of the Gaussian smoothing of the bin means before the fit; 0 disables
+    floor: float = setting(0.05, because(number(0, 1, open_lo=True, open_hi=True), "flat stretches of the fit still need samples"))  # mixture weight of log-uniform
 
 
 def isotonic_increasing(y: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -68,9 +69,6 @@ class Timewarp(BinnedSchedule):
 
     def __init__(self, ctx: ScheduleContext, params: Optional[TimewarpParams] = None) -> None:
         p = params or TimewarpParams()
-        check(0 < p.floor < 1, "floor must be in (0, 1): flat stretches of the fit still need samples")
-        check(p.target in ("loss", "error"), "target must be loss or error")
-        check(p.smooth >= 0, "smooth must be >= 0")
         super().__init__(ctx, p, fixed_schedule(p.base, ctx))
         self.what = f"training {p.target}"
         self.fitted: Optional[np.ndarray] = None
