@@ -91,6 +91,10 @@ def test_every_registered_domain_declares_what_the_shared_code_asks_of_it(key):
     assert isinstance(cls.nelbo_unit, str) and set(cls.data_rules) <= set(cls.data_defaults)
     for hook in ("load", "build_model", "write_samples"):
         assert getattr(cls, hook) is not getattr(Domain, hook), f"{key} must implement {hook}"
+    if cls.joinable:  # what a joint model asks of a modality
+        assert any(direction == "lower" for direction in cls.quality_metrics.values())
+        for hook in ("classify", "make_metric"):
+            assert getattr(cls, hook) is not getattr(Domain, hook), f"{key} joins joint models: it must implement {hook}"
 
 
 def _settings_classes():

@@ -407,6 +407,18 @@ def test_redrawn_partners_are_refused_for_explicit_pairs(tmp_path, capsys):
     assert not out.exists()
 
 
+def test_a_domain_that_cannot_join_is_refused_when_the_recipe_is_read(tmp_path, capsys):
+    """Which domains a joint model composes is what each declares (Domain.joinable), checked before
+    any data is read: the text domain encodes token sequences, not a 2-D grid."""
+    out = tmp_path / "run"
+    assert main(tiny_joint_args(out, steps=2) + ["--set", "data.modalities.audio.domain=text"]) == 2
+    err = capsys.readouterr().err
+    assert "data.modalities.audio must be {domain: " in err and "Traceback" not in err and err.count("\n") == 1
+    assert all(name in err.split("data: {")[0] for name in ("binary_image", "spectrogram", "latent_image"))
+    assert "text" not in err.split("data: {")[0]
+    assert not out.exists()
+
+
 def test_compare_to_edm_reports_per_modality_densities_and_metrics(tmp_path):
     import shutil
 

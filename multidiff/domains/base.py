@@ -58,6 +58,14 @@ class Domain:
     #: sample metrics tracked during training (keys of :meth:`sample_metrics`' result) → which way is
     #: better: "lower", "higher", or None for a diagnostic that gets a curve but no speedup
     quality_metrics: dict[str, Optional[str]] = {"fd": "lower"}
+    #: whether a joint model may compose this domain as one of its modalities. A joinable domain
+    #: encodes every example to a 2-D grid [C, H, W] (``build_model`` may be called on one
+    #: modality's data, and its model names its bound's reconstruction term in ``recon`` and
+    #: decodes with ``decode``); its first lower-is-better quality metric is a distance between
+    #: sample sets (:attr:`distance_metric`); ``classify`` labels decoded samples (and
+    #: ``load_given``, where implemented, reads a user's file of it for ``sample --given``). The
+    #: joint domain checks this when a recipe is read.
+    joinable: bool = False
     #: True for domains that generate some parts of an example given others (a joint model's
     #: modalities): they take ``sample --given/--only`` and ``sample.guidance``
     conditional_sampling = False
@@ -118,6 +126,14 @@ class Domain:
 
     def write_samples(self, decoded: Tensor, out_dir: Path, tag: str) -> list[Path]:
         raise NotImplementedError
+
+    @property
+    def distance_metric(self) -> str:
+        """The first lower-is-better sample metric: what a joint model reports per modality."""
+        lower = [name for name, direction in self.quality_metrics.items() if direction == "lower"]
+        if not lower:
+            raise UserError(f"domain '{self.name}' has no lower-is-better sample metric to report per modality")
+        return lower[0]
 
     def modalities(self) -> list[str]:
         """The modalities of a joint domain, in order (each gets its own schedule); [] for one."""

@@ -25,6 +25,7 @@ from .grids import save_grid_png
 
 class BinaryImageDomain(Domain):
     name = "binary_image"
+    joinable = True
     nelbo_unit = "bits/pixel"
     # Below σ = 0.2 a ±1 pixel is fixed by its noisy value: the exact decoder sigmoid(2xz/σ²) costs
     # 1.2e-6 bits/pixel there, so the bound decodes at 0.2 rather than integrating the band below.

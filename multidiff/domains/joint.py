@@ -41,9 +41,6 @@ from ..nets.joint_transformer import JOINT_RULES, joint_transformer_from_config
 from ..settings import check_settings, choice, integer, number, text
 from .base import Domain, DomainData
 
-#: domains a joint model can compose: continuous 2-D grids encoded by their data pipeline
-GRID_DOMAINS = ("binary_image", "spectrogram", "latent_image")
-
 
 class JointDomain(Domain):
     name = "joint"
@@ -72,7 +69,7 @@ class JointDomain(Domain):
     model_rules = {**JOINT_RULES, "clean_share": number(0, 1), "drop_share": number(0, 1), "cond_loguniform": number(0, 1)}
 
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
-        from .registry import get_domain
+        from .registry import DOMAINS, get_domain
 
         super().__init__(recipe, cache_dir)
         self.diffusion_cfg = dict(recipe.get("diffusion") or {})  # the noise range and weighting every modality shares
@@ -80,9 +77,10 @@ class JointDomain(Domain):
         if not isinstance(mods, dict) or len(mods) < 2:
             raise UserError("data.modalities must name at least two modalities, e.g. {image: {domain: binary_image, data: {...}}, audio: {...}}")
         self.subs: dict[str, Domain] = {}
+        joinable = [name for name in DOMAINS if name != self.name and get_domain(name).joinable]  # what a domain must provide: Domain.joinable
         for key, spec in mods.items():
-            if not isinstance(spec, dict) or set(spec) - {"domain", "data"} or spec.get("domain") not in GRID_DOMAINS:
-                raise UserError(f"data.modalities.{key} must be {{domain: {' | '.join(GRID_DOMAINS)}, data: {{...}}}}, got {spec!r}")
+            if not isinstance(spec, dict) or set(spec) - {"domain", "data"} or spec.get("domain") not in joinable:
+                raise UserError(f"data.modalities.{key} must be {{domain: {' | '.join(joinable)}, data: {{...}}}}, got {spec!r}")
             if "." in key or not key:
                 raise UserError(f"data.modalities: {key!r} is not a usable modality name")
             self.subs[key] = get_domain(spec["domain"])({"data": spec.get("data") or {}, "model": {}, "seed": self.seed}, cache_dir)
@@ -177,7 +175,7 @@ class JointDomain(Domain):
         for k, sub in self.subs.items():
             single = sub.build_model(parts[k], sigma_data[k])  # its decoder and reconstruction term
             decoders[k] = single.decode
-            recon[k] = getattr(single, "recon", "gaussian")
+            recon[k] = single.recon
             floors[k] = float(sub.nelbo_sigma_min or 0.0)
             with torch.no_grad():
                 self._decoded[k] = tuple(single.decode(parts[k].train[:1].float()).shape[1:])
@@ -214,7 +212,7 @@ class JointDomain(Domain):
             own = {k: metrics[k](split[k]) for k in self.subs}
             labels = [self.subs[k].classify(split[k]) for k in self.subs]
             agree = float(np.mean(np.all([lab == labels[0] for lab in labels[1:]], axis=0)))
-            out: dict[str, Any] = {f"fd_{k}": own[k]["fd"] for k in self.subs}
+            out: dict[str, Any] = {f"fd_{k}": own[k][self.subs[k].distance_metric] for k in self.subs}
             out["agreement"] = agree
             out["per_modality"] = {k: {m: v for m, v in own[k].items() if m != "classifier"} for k in self.subs}
             out["notes"] = [f"{k}: {note}" for k in self.subs for note in own[k].get("notes", [])] + [
@@ -242,7 +240,7 @@ class JointDomain(Domain):
             for b in self.subs:
                 if b != a:
                     out[f"cond_{a}_to_{b}"] = float((self.subs[b].classify(decoded[b]) == labels).mean())
-                    out[f"fd_{b}_given_{a}"] = float(self._part_metrics[b](decoded[b])["fd"])
+                    out[f"fd_{b}_given_{a}"] = float(self._part_metrics[b](decoded[b])[self.subs[b].distance_metric])
         return out
 
     @torch.no_grad()

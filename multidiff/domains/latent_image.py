@@ -64,6 +64,7 @@ class LatentDiffusion(ContinuousDiffusion):
 
 class LatentImageDomain(Domain):
     name = "latent_image"
+    joinable = True
     nelbo_unit = "bits/latent dim"
     data_defaults = {
         "source": "digits",  # digits | fashion_mnist | array | hub (as the binary_image domain)

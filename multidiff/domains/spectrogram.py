@@ -40,6 +40,7 @@ DECODE_LIMIT = 8.0
 
 class SpectrogramDomain(Domain):
     name = "spectrogram"
+    joinable = True
     # A continuous density (Gaussian decoder at σ_min) of the standardized log-mel: it can be
     # negative, and it is comparable across schedules because data, statistics, quadrature and
     # noise are identical. ``eval.json``'s ``nelbo_db_offset`` converts it to dB units.
