@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 from typing import Any, Callable, Optional, Sequence
 
@@ -91,7 +92,7 @@ _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str:
 
 def type_rule(hint: Any) -> Rule:
     """The rule of a type annotation alone (``int``, ``float``, ``Optional[...]``, ``Union[...]``)."""
-    options = typing.get_args(hint) if typing.get_origin(hint) is typing.Union else (hint,)
+    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
     optional = type(None) in options
     kinds = [typing.get_origin(t) or t for t in options if t is not type(None)]
     if not all(k in _TYPE_WORDS for k in kinds):

@@ -125,3 +125,16 @@ def test_every_setting_is_checked_by_its_rule_and_its_default_passes(what, cls):
         key = refusing[0]
         with pytest.raises(UserError, match=f"schedule.{key} must be"):
             registry.build_schedule(what.split()[1], {key: "not a value"}, test_schedules.CTX)
+
+
+def test_a_type_annotation_alone_is_a_rule():
+    from typing import Optional, Union
+
+    from multidiff.settings import type_rule
+
+    for hint in (Optional[int], int | None):
+        assert type_rule(hint)(None) is None and type_rule(hint)(3) is None
+        assert type_rule(hint)(True) == type_rule(hint)(2.5) == "an integer or null"  # a bool is not an integer
+    assert type_rule(float)(3) is None and type_rule(float)(float("nan")) == "a number"
+    assert type_rule(Union[str, list])(["a"]) is None and type_rule(Union[str, list])(1) == "a string or a list"
+    assert type_rule(bool)(1) == "true or false"
