@@ -77,9 +77,10 @@ class JointDomain(Domain):
         if not isinstance(mods, dict) or len(mods) < 2:
             raise UserError("data.modalities must name at least two modalities, e.g. {image: {domain: binary_image, data: {...}}, audio: {...}}")
         self.subs: dict[str, Domain] = {}
-        joinable = [name for name in DOMAINS if name != self.name and get_domain(name).joinable]  # what a domain must provide: Domain.joinable
         for key, spec in mods.items():
-            if not isinstance(spec, dict) or set(spec) - {"domain", "data"} or spec.get("domain") not in joinable:
+            ok = isinstance(spec, dict) and not set(spec) - {"domain", "data"} and spec.get("domain") in DOMAINS
+            if not (ok and spec["domain"] != self.name and get_domain(spec["domain"]).joinable):  # what joining asks: Domain.joinable
+                joinable = [name for name in DOMAINS if name != self.name and get_domain(name).joinable]  # only to say so
                 raise UserError(f"data.modalities.{key} must be {{domain: {' | '.join(joinable)}, data: {{...}}}}, got {spec!r}")
             if "." in key or not key:
                 raise UserError(f"data.modalities: {key!r} is not a usable modality name")
