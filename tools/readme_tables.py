@@ -45,6 +45,10 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "schedules": "laplace,infonoise,cosine,loguniform,infonoise:defensive=0.5,"
                                    "infonoise:allocation=density:defensive=0.5,infonoise:temper=2",
                       "set": ["train.eval_every=250", "eval.quality_every=1000", "eval.final_quality_samples=1024"]},
+    # the full protocol on digits (5 seeds): every fixed family, the default and the best-balanced candidate
+    "digits-protocol": {"recipe": "recipes/binary_digits.yaml", "seeds": 5,
+                        "schedules": "edm,laplace,infonoise,infonoise:allocation=density:defensive=0.5,cosine,loguniform",
+                        "set": ["train.eval_every=250", "eval.quality_every=1000", "eval.final_quality_samples=1024"]},
     # the best digits candidate on a continuous domain, one seed (a first look; the protocol wants 3)
     "audio-screen": {"recipe": "recipes/audio_digits.yaml", "schedules": "edm,infonoise:allocation=density:defensive=0.5", "seeds": 1},
     "digits-onset": {"recipe": "recipes/binary_digits.yaml", "schedules": "edm,infonoise:gate_c=null:onset=peak,infonoise:gate_c=null:onset=tail", "seeds": 1,
