@@ -259,14 +259,15 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .pipeline import run_comparison
     from .plans import parse_schedules
-    from .recipe import load_recipe_file, resolve
+    from .recipe import load_recipe_file, resolve, sections
 
     raw = load_recipe_file(args.recipe)
     overrides = _overrides(args)
     recipe = resolve(raw, args.recipe, [o for o in overrides if not o.strip().startswith("schedule.")])
-    seeds = parse_seeds(args.seeds, int(recipe["seed"]))
+    cfg = sections(recipe)
+    seeds = parse_seeds(args.seeds, cfg.seed)
     run_comparison(raw, args.recipe, parse_schedules(args.schedules), seeds=seeds, overrides=overrides,
-                   out=args.out or f"runs/{recipe['name']}-compare", baseline=args.baseline, overwrite=args.overwrite,
+                   out=args.out or f"runs/{cfg.name}-compare", baseline=args.baseline, overwrite=args.overwrite,
                    runs=args.runs)  # fmt: skip
     return 0
 

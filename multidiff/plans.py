@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 from .errors import UserError
 from .files import has_content
-from .recipe import RESUMABLE_KEYS, differences, flatten, load_recipe_file, resolve, select_schedule
+from .recipe import RESUMABLE_KEYS, differences, flatten, load_recipe_file, resolve, sections, select_schedule
 from .rundir import RunDir
 from .schedules.registry import REGISTRY, build_schedule, is_schedule_file
 
@@ -30,6 +30,10 @@ class RunPlan:
     seed: int
     recipe: dict[str, Any]  # resolved (defaults of the generic sections), before the domain's
     run_dir: Path
+
+    @property
+    def max_steps(self) -> int:
+        return sections(self.recipe).train.max_steps
 
 
 def parse_schedules(text: str) -> list[str]:
@@ -98,16 +102,17 @@ def plan_runs(raw: dict[str, Any], source: str, schedules: list[str], seeds: lis
 
 def _validate_schedule(recipe: dict[str, Any]) -> None:
     """Build the plan's schedule(s) once, so a bad parameter fails before anything is trained."""
-    from .recipe import schedule_specs
+    from .recipe import per_modality, schedule_specs
     from .schedules.api import schedule_context
 
-    d = recipe["diffusion"]
-    for key, spec in schedule_specs(recipe).items():
+    d = sections(recipe).diffusion
+    specs = schedule_specs(recipe)
+    given = per_modality(d.sigma_data, list(specs))
+    for key, spec in specs.items():
         spec = dict(spec)
         name = spec.pop("name")
-        given = d["sigma_data"]
-        sigma_data = float((given.get(key) if isinstance(given, dict) else given) or 1.0)  # measured later; any works here
-        build_schedule(name, spec, schedule_context(d["sigma_min"], d["sigma_max"], sigma_data, d["weighting"]))
+        sigma_data = float(given[key] or 1.0)  # measured later; any works here
+        build_schedule(name, spec, schedule_context(d.sigma_min, d.sigma_max, sigma_data, d.weighting))
 
 
 def trained_steps(plan: RunPlan) -> Optional[int]:
@@ -118,7 +123,7 @@ def trained_steps(plan: RunPlan) -> Optional[int]:
 
 def finished(plan: RunPlan) -> bool:
     """True when the run directory holds this plan's finished evaluation (reused, not retrained)."""
-    return trained_steps(plan) == int(plan.recipe["train"]["max_steps"]) and RunDir(plan.run_dir).last_checkpoint.is_file()
+    return trained_steps(plan) == plan.max_steps and RunDir(plan.run_dir).last_checkpoint.is_file()
 
 
 def reuse_problem(plan: RunPlan, resolved: dict[str, Any], defaults: Optional[dict[str, Any]] = None) -> Optional[str]:
@@ -136,12 +141,12 @@ def reuse_problem(plan: RunPlan, resolved: dict[str, Any], defaults: Optional[di
             return f"{run_dir} exists and is not a multidiff run; use another --out"
         return None
     stored = resolve(load_recipe_file(path, what="run recipe"), str(path))
-    allowed = REUSABLE_KEYS | ({"diffusion.sigma_data"} if resolved["diffusion"]["sigma_data"] is None else set())
+    allowed = REUSABLE_KEYS | ({"diffusion.sigma_data"} if sections(resolved).diffusion.sigma_data is None else set())
     diff = differences(stored, resolved, allowed, defaults)
     if diff:
         was, now = flatten(stored).get(diff[0]), flatten(resolved).get(diff[0])
         return f"{run_dir} was trained with a different recipe (differs at '{diff[0]}': {was!r} there, {now!r} now); use another --out or move it away"
     done = trained_steps(plan)
-    if done is not None and done > int(plan.recipe["train"]["max_steps"]):
-        return f"{run_dir} was trained for {done} steps, more than --max-steps {plan.recipe['train']['max_steps']}; use another --out"
+    if done is not None and done > plan.max_steps:
+        return f"{run_dir} was trained for {done} steps, more than --max-steps {plan.max_steps}; use another --out"
     return None

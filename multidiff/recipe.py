@@ -129,6 +129,11 @@ class Sections:
     schedule: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def schedules(self) -> dict[str, Any]:
+        """The schedule specs by modality (see :func:`schedule_specs`)."""
+        return schedule_specs({"domain": self.domain, "schedule": self.schedule})
+
+    @property
     def quality_every(self) -> int:
         """Steps between sample-quality evaluations (0: only the final evaluation)."""
         q = self.eval.quality_every
@@ -228,20 +233,44 @@ def resolve(raw: dict[str, Any], source: str, overrides: list[str] | None = None
         raise UserError(f"recipe {source}: eval.final_quality_samples ({final}) must be at least eval.quality_samples ({n}): "
                         "the quality curve's last point is scored on the first quality_samples of them")  # fmt: skip
     check_settings("", {"seed": recipe["seed"]}, {"seed": integer(0, MAX_SEED)}, where=f"recipe {source}: ")
-    for key, spec in schedule_specs(recipe).items():
-        where = f"schedule.{key}." if key else "schedule."
+    specs = schedule_specs(recipe)
+    for key, spec in specs.items():
+        where = "schedule." if _one_schedule(recipe.get("schedule")) else f"schedule.{key}."
         if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
             raise UserError(f"recipe {source}: {where}name must be a schedule name or a .json file")
     return recipe
 
 
 def schedule_specs(recipe: dict[str, Any]) -> dict[str, Any]:
-    """The recipe's schedule specs by modality: {"": spec} for one schedule (``schedule.name``), or
-    one per modality of a joint domain (``schedule.<modality>.name``)."""
+    """The recipe's schedule specs by modality. Every run is a group of modalities: a flat section
+    (``schedule.name``) is the single modality of a one-domain run, keyed by its domain's name; a
+    joint domain names one per modality (``schedule.<modality>.name``)."""
     sched = recipe.get("schedule") or {}
-    if not isinstance(sched, dict) or "name" in sched or not sched:
-        return {"": sched}
+    if _one_schedule(sched):
+        return {str(recipe.get("domain")): sched}
     return dict(sched)
+
+
+def _one_schedule(section: Any) -> bool:
+    return not isinstance(section, dict) or "name" in section or not section
+
+
+def schedule_section(specs: dict[str, Any]) -> Any:
+    """How a recipe records per-modality schedule specs: a group of one as the flat section."""
+    return next(iter(specs.values())) if len(specs) == 1 else dict(specs)
+
+
+def per_modality(value: Any, keys: list[str]) -> dict[str, Any]:
+    """A per-modality recipe value (``diffusion.sigma_data``): one number for every modality, or a
+    mapping by modality; None stays None for each."""
+    if isinstance(value, dict):
+        return {k: value.get(k) for k in keys}
+    return {k: value for k in keys}
+
+
+def recorded(values: dict[str, Any]) -> Any:
+    """How a recipe records a per-modality value: a group of one as the plain value."""
+    return next(iter(values.values())) if len(values) == 1 else dict(values)
 
 
 def apply_override(recipe: dict[str, Any], item: str) -> None:
@@ -286,9 +315,9 @@ def select_schedule(recipe: dict[str, Any], name: str) -> dict[str, Any]:
     current = out.get("schedule") or {}
     if isinstance(current, str):
         current = {"name": current}
-    specs = schedule_specs({"schedule": current})
+    specs = schedule_specs({**out, "schedule": current})
     switched = {key: spec if isinstance(spec, dict) and spec.get("name") == name else {"name": name} for key, spec in specs.items()}
-    out["schedule"] = switched[""] if "" in switched else switched  # a joint domain: every modality switches
+    out["schedule"] = schedule_section(switched)  # a joint domain: every modality switches
     return out
 
 

@@ -7,7 +7,7 @@ file's content instead of spelling a file name.
     RUN/checkpoints/stepNNNNNNN.ckpt     a checkpoint per checkpoint_every steps and at the end
     RUN/checkpoints/last.ckpt            a copy of the latest one (what resume, eval and sample load)
     RUN/metrics.csv                      Lightning's CSV log (train loss, val NELBO, quality/*)
-    RUN/schedule.json                    the exported schedule (schedule.<modality>.json per member of a joint model)
+    RUN/schedule.json                    the exported schedule (schedule.<modality>.json each, for several modalities)
     RUN/schedule_history/refreshes.csv   one row per refresh of a learned schedule
     RUN/schedule_history/stepNNNNNNN[.<modality>].json   the schedule at each refresh
     RUN/eval.json                        the final evaluation
@@ -44,9 +44,14 @@ def file_step(name: str) -> Optional[int]:
     return int(match.group(1)) if match else None
 
 
-def schedule_file_name(key: str = "", stem: str = "schedule") -> str:
-    """``STEM.json`` for a single schedule (``key`` ""), ``STEM.<modality>.json`` for a joint model's member."""
+def schedule_file_name(key: Optional[str] = None, stem: str = "schedule") -> str:
+    """``STEM.<modality>.json`` for one member of a group of several, ``STEM.json`` for ``key`` None."""
     return f"{stem}.{key}.json" if key else f"{stem}.json"
+
+
+def schedule_file_names(keys: list[str], stem: str = "schedule") -> dict[str, str]:
+    """Each modality's schedule file name: a group of one keeps the plain ``STEM.json``."""
+    return {key: schedule_file_name(None if len(keys) == 1 else key, stem) for key in keys}
 
 
 def read_step_rows(path: Path) -> tuple[list[str], list[tuple[int, dict[str, str]]]]:
@@ -156,14 +161,29 @@ class RunDir:
     def plots(self) -> Path:
         return self.path / "plots"
 
-    def schedule_file(self, key: str = "") -> Path:
-        return self.path / schedule_file_name(key)
+    def schedule_file(self) -> Path:
+        """The exported schedule of a one-modality run."""
+        return self.path / schedule_file_name()
+
+    def schedule_paths(self, keys: list[str]) -> dict[str, Path]:
+        """Where each modality's exported schedule goes (a group of one: :meth:`schedule_file`)."""
+        return {key: self.path / name for key, name in schedule_file_names(keys).items()}
 
     def schedule_files(self) -> dict[str, Path]:
-        """The exported schedule files by member ("" for a single schedule)."""
+        """The exported schedule files present, by modality (a group of one: keyed by its domain)."""
         if self.schedule_file().is_file():
-            return {"": self.schedule_file()}
+            return {self._domain(): self.schedule_file()}
         return {p.name[len("schedule."):-len(".json")]: p for p in sorted(self.path.glob("schedule.*.json"))}
+
+    def _domain(self) -> str:
+        """The domain recipe.yaml names ("" when it cannot be read)."""
+        import yaml
+
+        try:
+            recipe = yaml.safe_load(self.recipe.read_text(encoding="utf-8"))
+        except (OSError, ValueError, yaml.YAMLError):
+            return ""
+        return str(recipe.get("domain", "")) if isinstance(recipe, dict) else ""
 
     def is_run(self) -> bool:
         """True when the directory holds a multidiff run (its recipe.yaml)."""

@@ -98,6 +98,17 @@ def test_eval_and_sample_wait_for_the_process_that_holds_the_run(finished, tmp_p
     assert snapshot(run) == before
 
 
+def test_a_one_domain_run_refuses_conditional_sampling_in_one_line(finished, tmp_path, capsys):
+    run = copy_of(finished, tmp_path)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for argv in (["sample", str(run), "--n", "2", "--given", "image=heldout"], ["sample", str(run), "--n", "2", "--only", "image"]):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and "--given/--only" in err and "'binary_image' is one modality" in err
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before  # nothing written
+
+
 def test_resume_without_last_checkpoint_names_the_step_checkpoint_instead_of_retraining(finished, tmp_path, capsys):
     run = copy_of(finished, tmp_path)
     (run / "checkpoints" / "last.ckpt").unlink()

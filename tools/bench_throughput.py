@@ -76,9 +76,10 @@ def _sets(raw: dict[str, Any], extra: list[str]) -> list[str]:
     from multidiff.schedules.registry import REGISTRY, param_defaults
 
     sets = ["train.progress_bar=false", "train.eval_every=1000000", "eval.quality_every=0", "train.checkpoint_every=1000000"]
-    for key, spec in schedule_specs(raw).items():
+    specs = schedule_specs(raw)
+    for key, spec in specs.items():
         if spec.get("name") in REGISTRY and "warmup" in param_defaults(spec["name"]):
-            sets.append(f"schedule.{key + '.' if key else ''}warmup=0")
+            sets.append(f"schedule.{key + '.' if len(specs) > 1 else ''}warmup=0")
     return sets + extra
 
 
@@ -111,9 +112,9 @@ class RawLoop:
             g = torch.Generator(device=self.device).manual_seed(self.step)
             sigma = self.schedule.sample(x.shape[0], g, self.device)
             noise = torch.randn(x.shape, generator=g, device=self.device, dtype=x.dtype)
-            out = self.model.loss(x, sigma, noise, self.weight, batch, generator=g)
+            out = self.model.modality_loss(x, sigma, noise, self.weight, batch, generator=g)
             self.schedule.observe(sigma, out.error, out.loss.detach(), out.mask)
-            per = out.loss.sum(1) if out.loss.ndim == 2 else out.loss
+            per = out.loss.sum(1)
             self.opt.zero_grad(set_to_none=True)
             per.mean().backward()
             if self.clip:
@@ -170,10 +171,10 @@ def flops_per_step(setup: Any, device: torch.device) -> float:
 
     model = copy.deepcopy(setup.model).to(device)
     x = model.encode(setup.data.train[: setup.cfg.train.batch_size].to(device))
-    sigma = setup.schedule.sample(x.shape[0], None, device) if not hasattr(setup.schedule, "members") else setup.schedule.to(device).sample(x.shape[0], None, device)
+    sigma = setup.schedule.to(device).sample(x.shape[0], None, device)
     with FlopCounterMode(display=False) as counter:
-        out = model.loss(x, sigma, torch.randn_like(x), setup.weight, setup.data.train[: setup.cfg.train.batch_size].to(device))
-        (out.loss.sum(1) if out.loss.ndim == 2 else out.loss).mean().backward()
+        out = model.modality_loss(x, sigma, torch.randn_like(x), setup.weight, setup.data.train[: setup.cfg.train.batch_size].to(device))
+        out.loss.sum(1).mean().backward()
     return float(counter.get_total_flops())
 
 

@@ -35,12 +35,12 @@ def guidance_rows(run_dir: Path, scales: list[float], seeds: int) -> tuple[str, 
     from multidiff.pipeline import decoded_samples, device_for_inference, load_run
 
     setup, step = load_run(run_dir)
-    if not setup.domain.conditional_sampling:
+    if not setup.group.conditional_sampling:
         raise UserError(f"{run_dir}: domain '{setup.domain.name}' has no conditional samples to guide")
     device = device_for_inference()
     model = setup.model.to(device).eval()
     n, seed0 = setup.cfg.eval.quality_samples, setup.cfg.sample.seed
-    keys = setup.domain.modalities()
+    keys = setup.group.modalities()
     pairs = [(a, b) for a in keys for b in keys if a != b]
     head = ["guidance"] + [f"{a}→{b} accuracy" for a, b in pairs] + [f"{b} Fréchet distance given {a}" for a, b in pairs]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -50,7 +50,7 @@ def guidance_rows(run_dir: Path, scales: list[float], seeds: int) -> tuple[str, 
             def sample(count: int, condition: Any, seed: int = seed0 + s) -> Any:
                 return decoded_samples(setup, model, count, device, seed=seed, condition=condition)
 
-            runs.append(setup.domain.model_metrics(model, sample, setup.data, n, guidance=w))
+            runs.append(setup.group.model_metrics(model, sample, setup.data, n, guidance=w))
         cells = [_cell([r[f"cond_{a}_to_{b}"] for r in runs], True) for a, b in pairs]
         cells += [_cell([r[f"fd_{b}_given_{a}"] for r in runs], False) for a, b in pairs]
         lines.append(f"| {w:g} | " + " | ".join(cells) + " |")

@@ -111,6 +111,9 @@ class JointDiffusion(DiffusionModel):
         """x [B, D] → each modality's [B, *shape]."""
         return {k: part.reshape(x.shape[0], *self.shapes[k]) for k, part in zip(self.keys, x.split(self.sizes, dim=1))}
 
+    def modality_parts(self, x: Tensor) -> list[Tensor]:
+        return list(self.split(x).values())
+
     def join(self, parts: dict[str, Tensor]) -> Tensor:
         return torch.cat([parts[k].flatten(1) for k in self.keys], dim=1)
 
@@ -164,6 +167,10 @@ class JointDiffusion(DiffusionModel):
         trained = (~clean).float()
         observed = (~(clean | drop | spread)).float()
         return LossOutput(loss=w * err * trained, error=(err * observed).detach(), mask=observed)
+
+    def modality_loss(self, x: Tensor, sigma: Tensor, noise: Tensor, weights: Any, batch: Any,
+                      generator: Optional[torch.Generator] = None) -> LossOutput:  # fmt: skip
+        return self.loss(x, sigma, noise, weights, batch, generator)
 
     # ---- the bound ------------------------------------------------------------------------------------
     def recon_nll(self, x: Tensor, z: Tensor, sigma: float) -> Tensor:

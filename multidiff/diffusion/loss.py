@@ -14,9 +14,9 @@ from torch import Tensor, nn
 
 @dataclass
 class LossOutput:
-    """Per-example results of a training loss. A joint model returns [B, M] (one column per
-    modality, each with its own σ) and a ``mask`` of the entries that were trained (a modality
-    given clean is not); single-modality models return [B] and no mask."""
+    """Per-example results of a training loss: [B] from a one-modality model's ``loss``, [B, M]
+    (one column per modality, each with its own σ) from ``modality_loss``, with a ``mask`` of the
+    entries that were trained (a modality given clean is not; None: all)."""
 
     loss: Tensor  # [B] (or [B, M]) weighted, differentiable
     error: Tensor  # [B] (or [B, M]) unweighted x0-space squared error per dimension, detached

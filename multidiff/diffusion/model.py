@@ -35,9 +35,9 @@ class DiffusionModel(nn.Module):
         drawing nothing, so the step's random stream is unchanged."""
         return batch
 
-    def split(self, x: Tensor) -> Any:
-        """x as the schedule sees it: the tensor itself (a joint model: its parts by modality)."""
-        return x
+    def modality_parts(self, x: Tensor) -> list[Tensor]:
+        """x [B, ...] → each modality's part, in modality order (one modality: x itself)."""
+        return [x]
 
     def denoise(self, x: Tensor, sigma: Tensor) -> Tensor:
         raise NotImplementedError
@@ -50,6 +50,15 @@ class DiffusionModel(nn.Module):
         """Per-example losses at σ with the step's noise; ``generator``: the step's seeded generator,
         for models that draw more (a joint model's choice of which modality is given clean)."""
         raise NotImplementedError
+
+    def modality_loss(self, x: Tensor, sigma: Tensor, noise: Tensor, weights: dict[str, Callable[[Tensor], Tensor]], batch: Any,
+                      generator: Optional[torch.Generator] = None) -> LossOutput:  # fmt: skip
+        """What the trainer calls: σ [B, M] (column m: modality m's σ, not ln σ), each modality's
+        weight by name → per-example losses [B, M]. A one-modality model is a group of one: its
+        :meth:`loss` at column 0, returned as one column."""
+        (weight,) = weights.values()
+        out = self.loss(x, sigma[:, 0], noise, weight, batch, generator)
+        return LossOutput(out.loss[:, None], out.error[:, None], None if out.mask is None else out.mask[:, None])
 
     def recon_nll(self, x: Tensor, z: Tensor, sigma: float) -> Tensor:
         """−ln p(x | z) in nats per example, z = x + σ_min·ε (the bound's reconstruction term)."""

@@ -41,7 +41,9 @@ class DomainData:
 
 
 class Domain:
-    """Base class. Subclasses set ``name``, ``data_defaults``, ``model_defaults`` and implement the hooks."""
+    """Base class: one kind of data (one modality). Subclasses set ``name``, ``data_defaults``,
+    ``model_defaults`` and implement the hooks. A run over several modalities is a
+    :class:`~multidiff.domains.group.ModalityGroup` composed of domains."""
 
     name = "domain"
     nelbo_unit = "bits/dim"
@@ -66,9 +68,6 @@ class Domain:
     #: ``load_given``, where implemented, reads a user's file of it for ``sample --given``). The
     #: joint domain checks this when a recipe is read.
     joinable: bool = False
-    #: True for domains that generate some parts of an example given others (a joint model's
-    #: modalities): they take ``sample --given/--only`` and ``sample.guidance``
-    conditional_sampling = False
 
     def __init__(self, recipe: dict[str, Any], cache_dir: Path) -> None:
         self.data_cfg = self._with_defaults("data", recipe.get("data") or {}, self.data_defaults)
@@ -135,14 +134,6 @@ class Domain:
             raise UserError(f"domain '{self.name}' has no lower-is-better sample metric to report per modality")
         return lower[0]
 
-    def modalities(self) -> list[str]:
-        """The modalities of a joint domain, in order (each gets its own schedule); [] for one."""
-        return []
-
-    def modality_domain(self, key: str) -> str:
-        """The domain a modality's learned schedule belongs to (what its schedule file records)."""
-        return self.name
-
     def make_metric(self, data: DomainData) -> Callable[[Tensor], dict[str, Any]]:
         """The domain's sample metric against held-out data, with whatever it needs (an evaluation
         classifier, a reference model) made now; UserError when the data cannot support it."""
@@ -156,23 +147,6 @@ class Domain:
     def load_given(self, path: Path, data: DomainData) -> Tensor:
         """Examples from a file, encoded like this domain's data (``multidiff sample --given``)."""
         raise UserError(f"domain '{self.name}' cannot read given examples from files; use --given MODALITY=heldout")
-
-    def model_metrics(self, model: Any, sample: Callable[[int, Any], Tensor], data: DomainData, n: int, final: bool = False,
-                      guidance: float = 1.0) -> dict[str, Any]:  # fmt: skip
-        """Metrics that need the model itself (a joint model's conditional generation); ``sample(n,
-        condition)`` runs the recipe's sampler and returns decoded samples, ``guidance`` is the
-        recipe's ``sample.guidance`` for conditional samples. Default: none."""
-        return {}
-
-    def extra_nelbo(self, model: Any, data: DomainData, settings: Any, device: Any) -> dict[str, Any]:
-        """More bounds worth reporting at the final evaluation (a joint model: each modality's NELBO
-        given the others clean), from the same fixed subset, noise and quadrature. Default: none."""
-        return {}
-
-    def condition(self, model: Any, given: dict[str, str], only: Optional[str], n: int, data: DomainData,
-                  guidance: float = 1.0) -> Any:  # fmt: skip
-        """What ``multidiff sample --given/--only`` holds fixed (domains with ``conditional_sampling``)."""
-        raise UserError(f"--given/--only sample one modality of a joint domain; domain '{self.name}' has one")
 
     def prepare_metrics(self, data: DomainData) -> None:
         """Make the sample metric once, before training (so a metric that cannot be made is refused

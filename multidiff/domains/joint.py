@@ -40,9 +40,12 @@ from ..evaluation import Condition
 from ..nets.joint_transformer import JOINT_RULES, joint_transformer_from_config
 from ..settings import check_settings, choice, integer, number, text
 from .base import Domain, DomainData
+from .group import ModalityGroup
 
 
-class JointDomain(Domain):
+class JointDomain(Domain, ModalityGroup):
+    """A domain in the registry and a group of several modalities: each an ordinary joinable domain."""
+
     name = "joint"
     nelbo_unit = "bits/dim"
     conditional_sampling = True
@@ -159,11 +162,11 @@ class JointDomain(Domain):
         for k, sub in self.subs.items():
             sub.save_artifacts(data.info["parts"][k], run_dir)
 
-    def measure_sigma_data(self, data: DomainData) -> dict[str, float]:  # type: ignore[override]
+    def modality_sigma_data(self, data: DomainData) -> dict[str, float]:
         return {k: sub.measure_sigma_data(data.info["parts"][k]) for k, sub in self.subs.items()}
 
     # ---- model ---------------------------------------------------------------------------------------
-    def build_model(self, data: DomainData, sigma_data: Any) -> Any:
+    def modality_model(self, data: DomainData, sigma_data: dict[str, float]) -> Any:
         from ..diffusion.joint import JointDiffusion
 
         parts = data.info["parts"]
@@ -187,6 +190,8 @@ class JointDomain(Domain):
                               clean_share=float(self.model_cfg["clean_share"]), drop_share=float(self.model_cfg["drop_share"]),
                               cond_loguniform=float(self.model_cfg["cond_loguniform"]),
                               partner_labels={k: parts[k].train_labels for k in self.subs} if redrawn else None)  # fmt: skip
+
+    build_model = modality_model  # type: ignore[assignment]  # as a registered domain, its model is the group's
 
     def example_shape(self, data: DomainData) -> tuple[int, ...]:
         parts = data.info["parts"]

@@ -9,7 +9,7 @@ from typing import Any, Callable, Optional
 from ..errors import UserError
 from ..files import RunLock, atomic_write_text, clear_directory, has_content, user_path_error
 from ..plans import RunPlan, finished, plan_runs, reuse_problem
-from ..recipe import RESUMABLE_KEYS, differences, dump, flatten, load_recipe_file, resolve, schedule_specs, select_schedule
+from ..recipe import RESUMABLE_KEYS, differences, dump, flatten, load_recipe_file, resolve, schedule_specs, sections, select_schedule
 from ..rundir import RunDir
 from ..schedules.io import load_schedule_file
 from .evaluate import check_checkpoint_recipe, evaluate_run, quality, read_checkpoint, read_run_recipe, tracked_values
@@ -131,9 +131,10 @@ def _run_plots(setup: Setup, run_dir: Path) -> None:
     run = RunDir(run_dir)
     plots = run.plots
     plots.mkdir(exist_ok=True)
-    for key, path in run.schedule_files().items():
-        name = f"schedule.{key}.png" if key else "schedule.png"
-        plot_schedule(load_schedule_file(path).table, plots / name, title=f"{run_dir.name}: training density{f' ({key})' if key else ''}")
+    files = run.schedule_files()
+    for key, path in files.items():
+        member = f" ({key})" if len(files) > 1 else ""
+        plot_schedule(load_schedule_file(path).table, plots / path.with_suffix(".png").name, title=f"{run_dir.name}: training density{member}")
     plot_run_curves(metric_curves(run_dir), plots / "curves.png", title=run_dir.name)
 
 
@@ -142,7 +143,8 @@ def _print_summary(setup: Setup, run_dir: Path, result: dict[str, Any]) -> None:
 
     run = RunDir(run_dir)
     files = run.schedule_files()
-    peaks = " · ".join(f"{k + ' ' if k else ''}density peaks at σ={density_peak(load_schedule_file(p).table):.3g}" for k, p in files.items())
+    peaks = " · ".join(f"{k + ' ' if len(files) > 1 else ''}density peaks at σ={density_peak(load_schedule_file(p).table):.3g}"
+                       for k, p in files.items())
     extra = "".join(f" · {label} {value:.4g}" for label, value in result.get("headline", {}).items() if isinstance(value, (int, float)))
     print(f"\nrun {run_dir}: step {result['step']} · NELBO {result['nelbo']:.4f} {result['nelbo_unit']}{extra} · {peaks}")
     print(f"  samples {run_dir / result['samples'][0]} · schedule {', '.join(str(p) for p in files.values())} · plots {run.plots}/")
@@ -170,6 +172,7 @@ def train(recipe_path: str, *, schedule: Optional[str], overrides: list[str], ou
     if schedule:
         raw = select_schedule(raw, schedule)
     recipe = resolve(raw, recipe_path, overrides)
+    cfg = sections(recipe)
     label = schedule_label(recipe)
     if baseline and ":" in baseline:
         raise UserError(f"--baseline {baseline}: give a schedule name or file; variants with :KEY=VALUE go to `multidiff compare --schedules`")
@@ -181,10 +184,10 @@ def train(recipe_path: str, *, schedule: Optional[str], overrides: list[str], ou
         if len(names) > 1:
             raise UserError("--baseline: the recipe's modalities use different schedules; compare them with `multidiff compare --schedules`")
         # like `compare`, a comparison reuses its finished runs and resumes unfinished ones
-        run_comparison(raw, recipe_path, [names.pop(), baseline], seeds=[recipe["seed"]], overrides=overrides,
-                       out=out or f"runs/{recipe['name']}-{label}-vs-{base}", baseline=base, overwrite=mode == "overwrite")  # fmt: skip
+        run_comparison(raw, recipe_path, [names.pop(), baseline], seeds=[cfg.seed], overrides=overrides,
+                       out=out or f"runs/{cfg.name}-{label}-vs-{base}", baseline=base, overwrite=mode == "overwrite")  # fmt: skip
         return
-    plan = RunPlan(label, recipe["seed"], recipe, Path(out or f"runs/{recipe['name']}-{label}"))
+    plan = RunPlan(label, cfg.seed, recipe, Path(out or f"runs/{cfg.name}-{label}"))
     train_run(plan, mode)
 
 
@@ -230,7 +233,7 @@ def run_comparison(raw: dict[str, Any], source: str, schedules: list[str], *, se
                 continue
             if finished(plan):
                 if primary:
-                    print(f"{tag}: reusing {plan.run_dir} (finished at step {plan.recipe['train']['max_steps']})")
+                    print(f"{tag}: reusing {plan.run_dir} (finished at step {plan.max_steps})")
                 continue
             resume = RunDir(plan.run_dir).is_run()
             if primary:
@@ -239,7 +242,7 @@ def run_comparison(raw: dict[str, Any], source: str, schedules: list[str], *, se
         if not primary:
             return None
         groups = {label: [p.run_dir for p in plans if p.label == label] for label in labels}
-        name = plans[0].recipe["name"]
+        name = sections(plans[0].recipe).name
         md = write_report(groups, baseline, out_dir, title=f"{name}: {', '.join(labels)}", seeds=seeds)
         print(f"\nreport: {md}  (plots: {out_dir}/curves.png, densities.png, profiles.png)")
         return md

@@ -38,7 +38,7 @@ def quality(setup: Setup, model: Any, device: torch.device, seed: Optional[int] 
     was_training = model.training
     model.eval()
     try:
-        result.metrics.update(setup.domain.model_metrics(model, sample, setup.data, n, guidance=s.guidance))
+        result.metrics.update(setup.group.model_metrics(model, sample, setup.data, n, guidance=s.guidance))
     finally:
         model.train(was_training)
     return result
@@ -131,7 +131,7 @@ def evaluate_run(setup: Setup, run_dir: Path) -> dict[str, Any]:
     cfg, device = setup.cfg, device_for_inference()
     model = setup.model.to(device).eval()
     nats = validation_nelbo(model, setup.data.val, setup.nelbo, device)
-    extra_bounds = setup.domain.extra_nelbo(model, setup.data, setup.nelbo, device)
+    extra_bounds = setup.group.extra_nelbo(model, setup.data, setup.nelbo, device)
     units = setup.nelbo_units()
     primary = setup.domain.nelbo_unit
     n_final = cfg.eval.final_quality_samples or cfg.eval.quality_samples
@@ -235,7 +235,7 @@ def _sample_locked(run_dir: Path, n: Optional[int], steps: Optional[int], sigmas
             key, src = item.split("=", 1)
             pairs[key.strip()] = src.strip()
         w = s.guidance if guidance is None else guidance
-        condition = setup.domain.condition(model, pairs, only, n, setup.data, guidance=w)
+        condition = setup.group.condition(model, pairs, only, n, setup.data, guidance=w)
         how = f"-only-{only}" if only else "-given-" + "-".join(pairs) + (f"-guidance{w:g}" if w != 1 else "")
     decoded = decoded_samples(setup, model, n, device, sigmas=kind, steps=steps, sampler=sampler, seed=seed, condition=condition)
     tag = f"{Path(kind).stem if kind.endswith('.json') else kind}-{sampler}{steps}-seed{seed}{how}"

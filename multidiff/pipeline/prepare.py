@@ -12,15 +12,16 @@ import torch
 from torch import Tensor
 
 from ..domains.base import Domain, DomainData
+from ..domains.group import ModalityGroup, modality_group
 from ..domains.registry import get_domain
 from ..errors import UserError
 from ..evaluation import NelboSettings
 from ..metrics.features import cache_root
-from ..recipe import Sections, flatten, schedule_specs, sections
+from ..recipe import Sections, flatten, per_modality, recorded, schedule_section, schedule_specs, sections
 from ..rundir import RunDir
 from ..schedules.api import schedule_context
-from ..schedules.base import Schedule
 from ..schedules.grids import sigma_grid
+from ..schedules.group import ScheduleGroup
 from ..schedules.io import load_schedule_file
 from ..schedules.registry import REGISTRY, build_schedule, is_schedule_file, make_params
 
@@ -32,16 +33,16 @@ class Setup:
     recipe: dict[str, Any]  # fully resolved: what recipe.yaml records
     cfg: Sections
     domain: Domain
+    group: ModalityGroup  # the run's modalities (a one-domain run: a group of one)
     data: DomainData
-    sigma_data: float
-    weight: Callable[[Tensor], Tensor]
-    schedule: Schedule
+    sigma_data: dict[str, float]  # σ_data by modality
+    weight: dict[str, Callable[[Tensor], Tensor]]  # the loss weight w(σ) by modality
+    schedule: ScheduleGroup  # one member per modality
     model: Any  # DiffusionModel
 
-    def meta(self, key: str = "") -> dict[str, Any]:
-        """What a schedule file records about where it was learned (``key``: a joint model's modality)."""
-        sigma_data = self.sigma_data[key] if isinstance(self.sigma_data, dict) else self.sigma_data
-        return {"domain": self.domain.modality_domain(key), "dataset": self.data.dataset, "sigma_data": sigma_data,
+    def meta(self, key: str) -> dict[str, Any]:
+        """What modality ``key``'s schedule file records about where it was learned."""
+        return {"domain": self.group.modality_domain(key), "dataset": self.data.dataset, "sigma_data": self.sigma_data[key],
                 "weighting": self.cfg.diffusion.weighting}  # fmt: skip
 
     @property
@@ -82,13 +83,15 @@ def default_precision(accelerator: str) -> str:
 def resolve_full(recipe: dict[str, Any]) -> tuple[dict[str, Any], Domain]:
     """The recipe with every default filled in that does not need the data (domain settings,
     schedule parameters, the NELBO's decoding σ, the precision), and the domain adapter."""
-    domain = get_domain(recipe["domain"])(recipe, cache_root())
+    cfg = sections(recipe)
+    domain = get_domain(cfg.domain)(recipe, cache_root())
     resolved = {**recipe, **domain.resolved_config()}
     specs = schedule_specs(recipe)
-    modalities = domain.modalities()
-    if list(specs) != (modalities or [""]):
-        want = "schedule.name" if not modalities else ", ".join(f"schedule.{m}.name" for m in modalities)
-        raise UserError(f"recipe: domain '{domain.name}' needs {want}; got schedules for {', '.join(k or 'one model' for k in specs)}")
+    modalities = modality_group(domain).modalities()
+    if list(specs) != modalities:
+        want = "schedule.name" if len(modalities) == 1 else ", ".join(f"schedule.{m}.name" for m in modalities)
+        got = "schedule.name" if len(specs) == 1 else ", ".join(f"schedule.{k}" for k in specs)
+        raise UserError(f"recipe: domain '{domain.name}' needs {want}; got {got}")
     full = {}
     for key, spec in specs.items():
         name = spec["name"]
@@ -96,17 +99,16 @@ def resolve_full(recipe: dict[str, Any]) -> tuple[dict[str, Any], Domain]:
             params = make_params(name, {k: v for k, v in spec.items() if k != "name"})
             spec = {"name": name, **dataclasses.asdict(params)}
         full[key] = spec
-    resolved["schedule"] = full[""] if "" in full else full
-    d, ev = recipe["diffusion"], recipe["eval"]
-    lo = ev["nelbo_sigma_min"] or domain.nelbo_sigma_min or d["sigma_min"]
-    if not d["sigma_min"] <= lo < d["sigma_max"]:
+    resolved["schedule"] = schedule_section(full)
+    d = cfg.diffusion
+    lo = cfg.eval.nelbo_sigma_min or domain.nelbo_sigma_min or d.sigma_min
+    if not d.sigma_min <= lo < d.sigma_max:
         raise UserError(f"eval.nelbo_sigma_min must lie in [diffusion.sigma_min, diffusion.sigma_max), got {lo}")
-    resolved["eval"] = {**ev, "nelbo_sigma_min": float(lo)}
-    if recipe["sample"]["guidance"] != 1 and not domain.conditional_sampling:
+    resolved["eval"] = {**recipe["eval"], "nelbo_sigma_min": float(lo)}  # the record, completed
+    if cfg.sample.guidance != 1 and not modality_group(domain).conditional_sampling:
         raise UserError(f"sample.guidance applies to conditional samples of a joint model; domain '{domain.name}' generates whole examples (leave it at 1)")
-    train = recipe["train"]
-    if train["precision"] == "auto":
-        resolved["train"] = {**train, "precision": default_precision(str(train["accelerator"]))}
+    if cfg.train.precision == "auto":
+        resolved["train"] = {**recipe["train"], "precision": default_precision(str(cfg.train.accelerator))}
     return resolved, domain
 
 
@@ -114,10 +116,11 @@ def known_defaults(domain: Domain, recipe: dict[str, Any]) -> dict[str, Any]:
     """Dotted key → default for the domain's data/model settings and the schedule's parameters."""
     from ..schedules.registry import param_defaults
 
-    sched = {key: param_defaults(spec["name"]) for key, spec in schedule_specs(recipe).items() if spec["name"] in REGISTRY}
+    specs = schedule_specs(recipe)
+    sched = {key: param_defaults(spec["name"]) for key, spec in specs.items() if spec["name"] in REGISTRY}
     out = {"data": domain.data_defaults, "model": domain.model_defaults}
     if sched:
-        out["schedule"] = sched[""] if "" in sched else sched
+        out["schedule"] = schedule_section(sched) if len(specs) == 1 else sched
     return flatten(out)
 
 
@@ -126,38 +129,37 @@ def prepare(recipe: dict[str, Any], run_dir: Optional[Path] = None, *, metrics: 
     fully resolved recipe. ``run_dir``: an existing run whose saved artifacts (tokenizer,
     statistics, its frozen schedule file) are reused. Nothing is written."""
     resolved, domain = resolve_full(recipe)
+    group = modality_group(domain)
     data = domain.load(run_dir)
-    d = resolved["diffusion"]
-    sigma_data = d["sigma_data"] or domain.measure_sigma_data(data)  # a number, or one per modality
-    sigma_data = {k: float(v) for k, v in sigma_data.items()} if isinstance(sigma_data, dict) else float(sigma_data)
-    resolved["diffusion"] = {**d, "sigma_data": sigma_data}
-    schedule, weight = _build_schedules(resolved, sigma_data, run_dir)
-    torch.manual_seed(int(resolved["seed"]))  # the same initial weights for every schedule
-    model = domain.build_model(data, sigma_data)
-    setup = Setup(resolved, sections(resolved), domain, data, sigma_data, weight, schedule, model)
+    given = per_modality(sections(resolved).diffusion.sigma_data, group.modalities())
+    measured = group.modality_sigma_data(data) if None in given.values() else {}
+    sigma_data = {k: float(v if v is not None else measured[k]) for k, v in given.items()}
+    resolved["diffusion"] = {**resolved["diffusion"], "sigma_data": recorded(sigma_data)}  # the record, completed
+    cfg = sections(resolved)
+    schedule, weight = _build_schedules(cfg, sigma_data, run_dir)
+    torch.manual_seed(cfg.seed)  # the same initial weights for every schedule
+    model = group.modality_model(data, sigma_data)
+    setup = Setup(resolved, cfg, domain, group, data, sigma_data, weight, schedule, model)
     sampling_grid(setup, setup.cfg.sample.sigmas, setup.cfg.sample.steps)  # a bad sample.sigmas fails now
     if metrics:
         domain.prepare_metrics(data)
     return setup
 
 
-def _build_schedules(resolved: dict[str, Any], sigma_data: Any, run_dir: Optional[Path]) -> tuple[Schedule, Any]:
-    """The run's schedule (a group of one per modality for a joint domain) and its loss weight(s)."""
-    from ..schedules.group import ScheduleGroup
-
-    d = resolved["diffusion"]
+def _build_schedules(cfg: Sections, sigma_data: dict[str, float], run_dir: Optional[Path]) -> tuple[ScheduleGroup, Any]:
+    """The run's schedule group (one member per modality) and each modality's loss weight."""
+    d = cfg.diffusion
+    specs = cfg.schedules
+    frozen = RunDir(run_dir).schedule_paths(list(specs)) if run_dir is not None else {}
     built, weights = {}, {}
-    for key, spec in schedule_specs(resolved).items():
-        sd = sigma_data[key] if isinstance(sigma_data, dict) else sigma_data
-        ctx = schedule_context(d["sigma_min"], d["sigma_max"], sd, d["weighting"])
+    for key, spec in specs.items():
+        ctx = schedule_context(d.sigma_min, d.sigma_max, sigma_data[key], d.weighting)
         weights[key] = ctx.weight
         spec = dict(spec)
         name = spec.pop("name")
-        if run_dir is not None and is_schedule_file(name) and name not in REGISTRY and not Path(name).is_file():
-            name = str(RunDir(run_dir).schedule_file(key))  # a frozen file run keeps its own exported copy
+        if frozen and is_schedule_file(name) and name not in REGISTRY and not Path(name).is_file():
+            name = str(frozen[key])  # a frozen file run keeps its own exported copy
         built[key] = build_schedule(name, spec, ctx)
-    if "" in built:
-        return built[""], weights[""]
     try:
         return ScheduleGroup(built), weights
     except ValueError as exc:
@@ -167,10 +169,14 @@ def _build_schedules(resolved: dict[str, Any], sigma_data: Any, run_dir: Optiona
 def sampling_grid(setup: Setup, kind: str, steps: int) -> Tensor:
     """The sampling σ's (σ, then a final 0): karras | loguniform | learned | a schedule file."""
     d, s = setup.cfg.diffusion, setup.cfg.sample
-    if kind == "learned" and len(setup.schedule.tables()) > 1:
-        raise UserError("sample.sigmas learned: a joint model samples every modality on one grid; choose karras or loguniform")
     if kind in ("karras", "loguniform", "learned"):
-        return sigma_grid(kind, steps, d.sigma_min, d.sigma_max, s.rho, schedule=setup.schedule, mix=s.grid_mix)
+        schedule = None
+        if kind == "learned":
+            try:
+                schedule = setup.schedule.sole("sample.sigmas learned")
+            except ValueError as exc:
+                raise UserError(f"{exc}; every modality samples on one grid: choose karras or loguniform") from None
+        return sigma_grid(kind, steps, d.sigma_min, d.sigma_max, s.rho, schedule=schedule, mix=s.grid_mix)
     if not is_schedule_file(kind):
         raise UserError(f"--sigmas {kind!r}: choose karras, loguniform, learned or a schedule file (.json)")
     table = load_schedule_file(kind).table

@@ -369,7 +369,7 @@ def samples_section(groups: dict[str, list[Path]], evals: dict[str, dict[str, An
 
 
 def _tables(groups: dict[str, list[Path]]) -> dict[str, dict[str, ScheduleTable]]:
-    """Each schedule's final exported tables (first seed), by member ("" for a single schedule)."""
+    """Each schedule's final exported tables (first seed), by modality (a group of one: its domain)."""
     return {label: {key: load_schedule_file(path).table for key, path in RunDir(runs[0]).schedule_files().items()}
             for label, runs in groups.items()}
 
@@ -384,7 +384,7 @@ def plot_densities(tables: dict[str, dict[str, ScheduleTable]], path: Path) -> P
     fig, axes = plt.subplots(1, len(members), figsize=(8 * len(members), 4.8), squeeze=False)
     for ax, key in zip(axes[0], members):
         plot_density_axes(ax, {label: by[key] for label, by in tables.items() if key in by})
-        ax.set_title(f"{key + ': ' if key else ''}training densities at the end of training (per unit ln σ)", fontsize=10)
+        ax.set_title(f"{key + ': ' if len(members) > 1 else ''}training densities at the end of training (per unit ln σ)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -428,7 +428,7 @@ def _profile_panel(ax, label: str, table: ScheduleTable, run_dir: Path) -> None:
 
 
 def plot_profiles(groups: dict[str, list[Path]], tables: dict[str, dict[str, ScheduleTable]], path: Path) -> Optional[Path]:
-    panels = [(f"{lbl}{' (' + key + ')' if key else ''}", t, groups[lbl][0]) for lbl, by in tables.items()
+    panels = [(f"{lbl}{' (' + key + ')' if len(by) > 1 else ''}", t, groups[lbl][0]) for lbl, by in tables.items()
               for key, t in by.items() if _has_profile(t, groups[lbl][0])]  # fmt: skip
     if not panels:
         return None
@@ -443,9 +443,10 @@ def plot_profiles(groups: dict[str, list[Path]], tables: dict[str, dict[str, Sch
 
 
 def schedule_notes(tables: dict[str, Any]) -> list[str]:
-    """Each schedule's own remarks on how it ended (from its tables), labelled."""
+    """Each schedule's own remarks on how it ended, labelled: ``tables`` maps a label to a table, or
+    to its tables by modality (a modality named only where there are several)."""
     out = []
     for label, by in tables.items():
-        by_member = by if isinstance(by, dict) else {"": by}
-        out += [f"{label}{' (' + key + ')' if key else ''}: {note}" for key, table in by_member.items() for note in table.notes]
+        by_member = by if isinstance(by, dict) else {label: by}
+        out += [f"{label}{' (' + key + ')' if len(by_member) > 1 else ''}: {note}" for key, table in by_member.items() for note in table.notes]
     return out

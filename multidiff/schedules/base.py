@@ -197,11 +197,6 @@ class Schedule:
         """A uniform grid of n points over [ln σ_min, ln σ_max] (float64, CPU)."""
         return torch.linspace(self.ctx.u_min, self.ctx.u_max, n, dtype=torch.float64)
 
-    def tables(self, n: int = 256) -> dict[str, ScheduleTable]:
-        """Every table this schedule exports, by name ("" for a single schedule's schedule.json;
-        a group's members by their names)."""
-        return {"": self.to_table(n)}
-
     def to_table(self, n: int = 256) -> ScheduleTable:
         """Tabulate the current density on a uniform grid (exported as the schedule file)."""
         u = self.grid(n)

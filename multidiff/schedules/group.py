@@ -1,5 +1,5 @@
-"""Several schedules side by side: one per modality of a joint model, each drawing its own σ per
-example and observing only its own errors.
+"""Every run's schedule: one member per modality, each drawing its own σ per example and observing
+only its own errors.
 
 A :class:`ScheduleGroup` speaks the schedule interface on [B, M] tensors (M members, in order):
 ``sample(n)`` returns σ of shape [n, M] (column m from member m), ``observe`` routes column m to
@@ -7,6 +7,10 @@ member m (a 0/1 ``mask`` leaves out examples where that modality was not noised,
 to train a conditional), ``refresh`` refreshes each member on its own cadence, and the state holds
 every member's state. Each member exports its own table (:meth:`tables`), so every learned
 schedule becomes its own schedule file, reusable by a single-modality run.
+
+A one-modality run is a group of one, and a group of one is its member: the same name, refresh
+records, notes and checkpoint state, and the member's probe of the model (which a group of
+several cannot lend, since one probe cannot noise each modality at its own level).
 """
 from __future__ import annotations
 
@@ -28,8 +32,11 @@ class ScheduleGroup(Schedule):
         first = next(iter(members.values()))
         super().__init__(first.ctx, {k: s.params for k, s in members.items()})
         self.members = dict(members)
+        self.alone: Optional[Schedule] = first if len(members) == 1 else None
+        if self.alone is not None:
+            self.name, self.probe_examples = first.name, first.probe_examples
         for key, s in self.members.items():
-            if s.probe_examples:
+            if s.probe_examples and self.alone is None:
                 raise ValueError(f"schedule '{key}' ({s.name}) measures the model through a probe, which joint models do not offer")
         cadences = [s.refresh_every for s in self.members.values() if s.refresh_every]
         self.refresh_every = math.gcd(*cadences) if cadences else 0
@@ -38,6 +45,12 @@ class ScheduleGroup(Schedule):
     @property
     def names(self) -> list[str]:
         return list(self.members)
+
+    def sole(self, what: str) -> Schedule:
+        """The one member of a group of one; a ValueError naming ``what`` needs it for a group of several."""
+        if self.alone is None:
+            raise ValueError(f"{what} needs one schedule; this run has one per modality ({', '.join(self.members)})")
+        return self.alone
 
     def context(self, key: str) -> ScheduleContext:
         return self.members[key].ctx
@@ -58,17 +71,20 @@ class ScheduleGroup(Schedule):
             return None
         return torch.stack([torch.ones_like(sigma[:, m]) if sc is None else sc for m, sc in enumerate(scales)], dim=1)
 
-    def prepare(self, x: Any) -> dict[str, Any]:
-        """``x``: each member's encoded training examples, by member name."""
+    def prepare(self, parts: Any) -> dict[str, Any]:
+        """``parts``: a sequence of each member's encoded training examples, in member order."""
         info = {}
-        for key, s in self.members.items():
+        for (key, s), x in zip(self.members.items(), parts):
             if s.prepare_examples:
-                info[key] = s.prepare(x[key][: s.prepare_examples])
+                info[key] = s.prepare(x[: s.prepare_examples])
         return info
 
     def refresh(self, step: int, probe: Optional[Probe] = None) -> dict[str, Any]:
-        """Each member due at ``step`` refreshes; the record keys are prefixed by the member name."""
+        """Each member due at ``step`` refreshes; a group of several prefixes the record keys by the
+        member name, a group of one is its member (refreshed when the caller says, with its probe)."""
         self.last_refresh = int(step)
+        if self.alone is not None:
+            return self.alone.refresh(step, probe)
         out: dict[str, Any] = {}
         for key, s in self.members.items():
             if s.refresh_every and step % s.refresh_every == 0:
@@ -88,9 +104,14 @@ class ScheduleGroup(Schedule):
         return self
 
     def state_dict(self) -> dict[str, Any]:
+        if self.alone is not None:
+            return self.alone.state_dict()
         return {key: s.state_dict() for key, s in self.members.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.alone is not None:
+            self.alone.load_state_dict(state)
+            return
         for key, s in self.members.items():
             s.load_state_dict(state[key])
 
@@ -111,4 +132,6 @@ class ScheduleGroup(Schedule):
         return {key: s.to_table(n) for key, s in self.members.items()}
 
     def notes(self) -> list[str]:
+        if self.alone is not None:
+            return self.alone.notes()
         return [f"{key}: {note}" for key, s in self.members.items() for note in s.notes()]

@@ -25,7 +25,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from .. import faults
 from ..files import atomic_write
-from ..rundir import RunDir, schedule_file_name, step_stem
+from ..rundir import RunDir, schedule_file_names, step_stem
 from ..schedules.io import save_schedule_file
 from .probe import DenoiserProbe
 
@@ -95,10 +95,11 @@ class ScheduleCallback(L.Callback):
         self._step_times: list[float] = []
 
     def export(self, pl_module: Any, step: int, folder: Path, stem: str) -> None:
-        """Every table the schedule exports: FOLDER/STEM.json, or FOLDER/STEM.<modality>.json per member."""
-        for key, table in pl_module.schedule.tables().items():
-            table.step = step
-            save_schedule_file(folder / schedule_file_name(key, stem), table, self.meta(key))
+        """Every table the schedule exports: FOLDER/STEM.json, or FOLDER/STEM.<modality>.json per member of a group of several."""
+        tables = pl_module.schedule.tables()
+        for key, name in schedule_file_names(list(tables), stem).items():
+            tables[key].step = step
+            save_schedule_file(folder / name, tables[key], self.meta(key))
 
     def _probe(self, trainer: L.Trainer, pl_module: Any) -> Optional[DenoiserProbe]:
         n = pl_module.schedule.probe_examples

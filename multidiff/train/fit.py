@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional
 import torch
 
 from ..errors import Terminated
+from ..recipe import TrainConfig, sections
 from ..rundir import RunDir
 
 for _pattern in (
@@ -29,9 +30,9 @@ for _pattern in (
     warnings.filterwarnings("ignore", message=_pattern)
 
 
-def _device_settings(train: dict[str, Any]) -> dict[str, Any]:
-    out = {"accelerator": str(train["accelerator"]), "devices": train["devices"], "precision": train["precision"]}
-    strategy = str(train.get("strategy", "auto"))
+def _device_settings(train: TrainConfig) -> dict[str, Any]:
+    out = {"accelerator": str(train.accelerator), "devices": train.devices, "precision": train.precision}
+    strategy = str(train.strategy)
     if strategy == "fsdp":
         out["strategy"] = "fsdp"
     elif strategy == "ddp":
@@ -46,7 +47,8 @@ def check_device_settings(recipe: dict[str, Any]) -> None:
 
     from ..errors import UserError
 
-    settings = _device_settings(recipe["train"])
+    train = sections(recipe).train
+    settings = _device_settings(train)
     quiet = logging.getLogger("lightning.pytorch")
     level = quiet.level
     quiet.setLevel(logging.WARNING)  # the real Trainer reports the devices; this probe stays silent
@@ -59,7 +61,7 @@ def check_device_settings(recipe: dict[str, Any]) -> None:
         quiet.setLevel(level)
     from .loggers import check_loggers
 
-    check_loggers(recipe["train"]["logger"], recipe["train"].get("logger_options"))
+    check_loggers(train.logger, train.logger_options)
 
 
 def make_module(setup: Any):
@@ -106,7 +108,7 @@ def fit(setup: Any, run_dir: Path, resume: bool = False, quality_fn: Optional[Ca
     if resume:
         _prepare_metrics_for_resume(run, _checkpoint_step(run.last_checkpoint), loggers[0])
     quality = QualityCallback(cfg.quality_every, quality_fn, cfg.train.max_steps)
-    settings = _device_settings(setup.recipe["train"])
+    settings = _device_settings(t)
     trainer = L.Trainer(
         max_steps=t.max_steps,
         **settings,

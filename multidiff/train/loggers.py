@@ -90,8 +90,9 @@ def log_density(loggers: list[Any], tables: dict[str, Any], step: int) -> None:
 
     fig, axes = plt.subplots(1, len(tables), figsize=(6 * len(tables), 4), squeeze=False)
     for ax, (key, table) in zip(axes[0], tables.items()):
-        plot_density_axes(ax, {key or table.method: table})
-        ax.set_title(f"step {step}{': ' + key if key else ''}")
+        several = len(tables) > 1  # a group of one is labelled by its schedule, several by modality
+        plot_density_axes(ax, {key if several else table.method: table})
+        ax.set_title(f"step {step}{': ' + key if several else ''}")
     fig.tight_layout()
     for logger in loggers:
         experiment = logger.experiment

@@ -1,7 +1,9 @@
-"""The one LightningModule: domain model + schedule + fixed loss weight.
+"""The one LightningModule: domain model + schedule group + fixed loss weights.
 
-The schedule decides only where σ is drawn; the model's loss (and its weight w(σ)) is fixed by
-the recipe. Randomness of a step (σ's and noise) comes from a generator seeded by
+Every run is a group of modalities (a one-domain run: a group of one): the schedule draws σ of
+shape [B, M], the model returns per-example losses [B, M], and the step's loss is their sum over
+modalities, averaged over the batch. The schedule decides only where σ is drawn; the model's loss
+(and each modality's weight w(σ)) is fixed by the recipe. Randomness of a step (σ's and noise) comes from a generator seeded by
 (seed, step, rank), so a resumed run continues exactly.
 """
 from __future__ import annotations
@@ -19,15 +21,15 @@ from ..diffusion.model import DiffusionModel
 from ..errors import NonFiniteLossError
 from ..evaluation import NelboSettings, nelbo_batch
 from ..recipe import Sections
-from ..schedules.base import Schedule
+from ..schedules.group import ScheduleGroup
 
 
 class DiffusionModule(L.LightningModule):
     def __init__(
         self,
         model: DiffusionModel,
-        schedule: Schedule,
-        weight: Callable[[Tensor], Tensor],
+        schedule: ScheduleGroup,
+        weight: dict[str, Callable[[Tensor], Tensor]],
         cfg: Sections,
         nelbo: NelboSettings,
         *,
@@ -38,7 +40,7 @@ class DiffusionModule(L.LightningModule):
         super().__init__()
         self.model = model
         self.schedule = schedule  # not an nn.Module: its state travels in checkpoint["multidiff"]
-        self.weight = weight
+        self.weight = weight  # w(σ) by modality
         self.seed = cfg.seed
         self.log_every = max(1, cfg.train.log_every)
         self.lr, self.lr_warmup, self.weight_decay = cfg.train.lr, cfg.train.lr_warmup, cfg.train.weight_decay
@@ -61,7 +63,7 @@ class DiffusionModule(L.LightningModule):
         if n:  # data-driven schedules (CRS fd) build their table once, from encoded training data
             with torch.no_grad():
                 x = self.model.encode(self.trainer.datamodule.fixed_train_batch(n).to(self.device))
-            info = self.schedule.prepare(self.model.split(x))
+            info = self.schedule.prepare(self.model.modality_parts(x))
             if info and self.trainer.is_global_zero:
                 print(f"schedule {self.schedule.name}: table built from {x.shape[0]} training examples")
 
@@ -84,14 +86,12 @@ class DiffusionModule(L.LightningModule):
         g = self.step_generator(self.global_step * accumulate + batch_idx % accumulate)
         batch = self.model.training_batch(batch, g)  # the loss sees the batch the step learns from
         x = self.model.encode(batch)
-        sigma = self.schedule.sample(x.shape[0], g, self.device)
+        sigma = self.schedule.sample(x.shape[0], g, self.device)  # [B, M]
         noise = torch.randn(x.shape, generator=g, device=self.device, dtype=x.dtype)
-        out = self.model.loss(x, sigma, noise, self.weight, batch, generator=g)
+        out = self.model.modality_loss(x, sigma, noise, self.weight, batch, generator=g)  # [B, M]
         self.schedule.observe(sigma, out.error, out.loss.detach(), out.mask)
         scale = self.schedule.loss_scale(sigma)
-        per_example = out.loss if scale is None else out.loss * scale
-        if per_example.ndim == 2:  # a joint model: each modality's weighted loss, summed
-            per_example = per_example.sum(1)
+        per_example = (out.loss if scale is None else out.loss * scale).sum(1)  # each modality's weighted loss, summed
         loss = per_example.mean()
         bad = ~torch.isfinite(loss.detach()) & (self.first_bad_step < 0)
         self.first_bad_step = torch.where(bad, torch.full_like(self.first_bad_step, self.global_step), self.first_bad_step)
