@@ -16,13 +16,12 @@ from typing import Optional
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 from ..settings import because, integer, number, setting
 from .base import Schedule, ScheduleContext
 from .bases import fixed_schedule
-from .learned import BinnedSchedule, fill_log_interp
+from .learned import BinnedSchedule, exp_smoothed, fill_log_interp
 from .tabulated import TabulatedDensity
 
 
@@ -65,10 +64,7 @@ class Adaptive(BinnedSchedule):
 
     def loss_profile(self) -> np.ndarray:
         """L̂ at the bin centres: EMA of the weighted loss, gaps filled, smoothed in ln L̂."""
-        log_l = np.log(fill_log_interp(self.stats.centers, self.means))
-        if self.params.smooth > 0:
-            log_l = gaussian_filter1d(log_l, self.params.smooth, mode="nearest")
-        return np.exp(log_l)
+        return exp_smoothed(np.log(fill_log_interp(self.stats.centers, self.means)), self.params.smooth)
 
     def _rebuild(self) -> TabulatedDensity:
         loss = self.loss_profile()

@@ -32,14 +32,13 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 from ..metrics.frechet import gaussian_fit
 from ..settings import choice, integer, number, setting
 from .base import Probe, ScheduleContext, all_reduce_sum_, process_rank, share_from_rank0, world_size
 from .bases import fixed_schedule
-from .learned import LearnedSchedule, mix_floor
+from .learned import LearnedSchedule, exp_smoothed, mix_floor
 from .tabulated import TabulatedDensity
 
 MEASURES = ("fd", "x0", "eps")
@@ -119,10 +118,7 @@ class CRS(LearnedSchedule):
     # ---- the table from a speed -------------------------------------------------------------------
     def smoothed_speed(self) -> np.ndarray:
         assert self.speed is not None, "no speed measured yet"
-        log_v = np.log(np.maximum(self.speed, 1e-30))
-        if self.params.smooth > 0:
-            log_v = gaussian_filter1d(log_v, self.params.smooth, mode="nearest")
-        return np.exp(log_v)
+        return exp_smoothed(np.log(np.maximum(self.speed, 1e-30)), self.params.smooth)
 
     def _rebuild(self) -> TabulatedDensity:
         dens = self.smoothed_speed() ** self.params.xi

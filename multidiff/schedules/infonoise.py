@@ -32,13 +32,12 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
-from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 from ..settings import choice, integer, number, setting
 from .base import ScheduleContext, ScheduleTable
 from .bases import fixed_schedule
-from .learned import BinnedSchedule, check, fill_log_interp, mix_base, mix_floor
+from .learned import BinnedSchedule, check, exp_smoothed, fill_log_interp, mix_base, mix_floor
 from .tabulated import TabulatedDensity
 
 
@@ -116,10 +115,7 @@ def infonoise_profile(
 ) -> Profile:
     """The InfoNoise density on bin centres u (ln σ) from per-bin mmse estimates and w(σ)."""
     sigma = np.exp(u)
-    log_rate = np.log(np.maximum(mmse, 1e-30)) - 2 * u
-    if smooth > 0:
-        log_rate = gaussian_filter1d(log_rate, smooth, mode="nearest")
-    rate = np.exp(log_rate)
+    rate = exp_smoothed(np.log(np.maximum(mmse, 1e-30)) - 2 * u, smooth)
     ungated = rate / weight if allocation == "effective" else rate
     if gate_c is not None:
         c, rule = float(gate_c), "pinned"

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+from scipy.ndimage import gaussian_filter1d
 from torch import Tensor
 
 from ..errors import NonFiniteLossError, UserError
@@ -101,6 +102,14 @@ def ema_fold(old: np.ndarray, new: np.ndarray, ema: float) -> np.ndarray:
     """Running per-bin estimate: ``ema·old + (1 − ema)·new`` where both exist, else whichever does."""
     blended = np.where(np.isnan(old), new, ema * old + (1 - ema) * new)
     return np.where(np.isnan(new), old, blended)
+
+
+def exp_smoothed(log_values: np.ndarray, std: float) -> np.ndarray:
+    """exp of ``log_values`` after a Gaussian smoothing of ``std`` bins (0: none): learned profiles
+    are smoothed in the log, where their noise is roughly even across σ and their scale is kept."""
+    if std > 0:
+        log_values = gaussian_filter1d(log_values, std, mode="nearest")
+    return np.exp(log_values)
 
 
 def fill_log_interp(u: np.ndarray, values: np.ndarray) -> np.ndarray:

@@ -4,35 +4,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 from ..errors import UserError
 from .adaptive import Adaptive, AdaptiveParams
 from .base import Schedule, ScheduleContext
-from .bases import FIXED, fixed_schedule  # noqa: F401 - re-exported
+from .bases import FIXED, FIXED_SPECS, ScheduleSpec, fixed_schedule  # noqa: F401 - re-exported
 from .crs import CRS, CRSParams
 from .curriculum import Curriculum, CurriculumParams
-from .families import Cauchy, CauchyParams, Chen, ChenParams, Cosine, Laplace, LaplaceParams
-from .fixed import EDM2, EDM2Params, LogNormal, LogNormalParams, LogUniform, NoParams
 from .infonoise import InfoNoise, InfoNoiseParams
 from .io import load_schedule_file
 from .tabulated import TabulatedSchedule
 from .timewarp import Timewarp, TimewarpParams
-
-
-@dataclass(frozen=True)
-class ScheduleSpec:
-    name: str
-    cls: type[Schedule]
-    params: type
-    summary: str
-    #: how to build it from its context and parameters, when that is more than ``cls(ctx, params)``
-    make: Optional[Callable[[ScheduleContext, Any], Schedule]] = None
-
-    def build(self, ctx: ScheduleContext, params: Any) -> Schedule:
-        return self.make(ctx, params) if self.make is not None else self.cls(ctx, params)
 
 
 def _curriculum(ctx: ScheduleContext, params: CurriculumParams) -> Curriculum:
@@ -46,13 +30,7 @@ def _curriculum(ctx: ScheduleContext, params: CurriculumParams) -> Curriculum:
 REGISTRY: dict[str, ScheduleSpec] = {
     s.name: s
     for s in [
-        ScheduleSpec("edm", LogNormal, LogNormalParams, "EDM log-normal: ln σ ~ N(p_mean, p_std²)"),
-        ScheduleSpec("edm2", EDM2, EDM2Params, "EDM2 log-normal: ln σ ~ N(-0.4, 1.0²)"),
-        ScheduleSpec("loguniform", LogUniform, NoParams, "uniform in ln σ over the range"),
-        ScheduleSpec("cosine", Cosine, NoParams, "VP cosine: λ = −2 ln tan(πt/2), t ~ U(0, 1)"),
-        ScheduleSpec("laplace", Laplace, LaplaceParams, "logSNR λ ~ Laplace(mu, b) (Hang et al. 2024)"),
-        ScheduleSpec("cauchy", Cauchy, CauchyParams, "logSNR λ ~ Cauchy(mu, gamma) (Hang et al. 2024)"),
-        ScheduleSpec("chen", Chen, ChenParams, "Chen 2023: γ(t) linear | cosine | sigmoid, t ~ U(0, 1), input scale b"),
+        *FIXED_SPECS,
         ScheduleSpec(
             "infonoise", InfoNoise, InfoNoiseParams, "learned online from the entropy-rate profile mmse(σ)/σ²"
         ),
