@@ -38,6 +38,9 @@ def test_compare_writes_a_report_over_schedules_and_seeds(campaign):
         for seed in (0, 1):
             assert (campaign / label / f"seed{seed}" / "eval.json").is_file()
     assert "±" in md and "speedup" in md.lower() and "Fréchet distance" in md
+    head = next(line for line in md.splitlines() if "density peak σ" in line).split(" | ")
+    edm_row = next(line for line in md.splitlines() if line.startswith("| edm |")).split(" | ")
+    float(edm_row[head.index("density peak σ")])  # one modality: a bare σ, not labelled by its domain
     for png in ("curves.png", "densities.png", "profiles.png"):
         assert Image.open(campaign / png).size[0] > 300, png
         assert f"({png})" in md

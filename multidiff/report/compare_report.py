@@ -392,7 +392,7 @@ def plot_densities(tables: dict[str, dict[str, ScheduleTable]], path: Path) -> P
 
 
 def _peaks(by_member: dict[str, ScheduleTable]) -> str:
-    return ", ".join(f"{k + ' ' if k else ''}{_fmt(density_peak(t), 3)}" for k, t in by_member.items()) or "–"
+    return ", ".join(f"{k + ' ' if len(by_member) > 1 else ''}{_fmt(density_peak(t), 3)}" for k, t in by_member.items()) or "–"
 
 
 TIMING_KEYS = ("refresh_s", "step_s", "cost_steps", "probe_calls", "probe_examples", "active")
