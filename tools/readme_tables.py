@@ -45,10 +45,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                       "schedules": "laplace,infonoise,cosine,loguniform,infonoise:defensive=0.5,"
                                    "infonoise:allocation=density:defensive=0.5,infonoise:temper=2",
                       "set": ["train.eval_every=250", "eval.quality_every=1000", "eval.final_quality_samples=1024"]},
-    # the full protocol on digits (5 seeds): the fixed families that were strongest at 3 seeds (cosine ties laplace,
-    # log-uniform is worse beyond noise: digits-screen), the default and the best-balanced candidate
-    "digits-protocol": {"recipe": "recipes/binary_digits.yaml", "seeds": 5,
-                        "schedules": "edm,laplace,infonoise,infonoise:allocation=density:defensive=0.5",
+    # the full protocol on digits (5 seeds): the default against EDM and the strongest fixed family at 3 seeds
+    # (laplace; cosine ties it, log-uniform is worse beyond noise: digits-screen)
+    "digits-protocol": {"recipe": "recipes/binary_digits.yaml", "seeds": 5, "schedules": "edm,laplace,infonoise",
                         "set": ["train.eval_every=250", "eval.quality_every=1000", "eval.final_quality_samples=1024"]},
     # the best digits candidate on a continuous domain, one seed (a first look; the protocol wants 3)
     "audio-screen": {"recipe": "recipes/audio_digits.yaml", "schedules": "edm,infonoise:allocation=density:defensive=0.5", "seeds": 1},
