@@ -255,11 +255,6 @@ def _one_schedule(section: Any) -> bool:
     return not isinstance(section, dict) or "name" in section or not section
 
 
-def schedule_section(specs: dict[str, Any]) -> Any:
-    """How a recipe records per-modality schedule specs: a group of one as the flat section."""
-    return next(iter(specs.values())) if len(specs) == 1 else dict(specs)
-
-
 def per_modality(value: Any, keys: list[str]) -> dict[str, Any]:
     """A per-modality recipe value (``diffusion.sigma_data``): one number for every modality, or a
     mapping by modality; None stays None for each."""
@@ -269,7 +264,8 @@ def per_modality(value: Any, keys: list[str]) -> dict[str, Any]:
 
 
 def recorded(values: dict[str, Any]) -> Any:
-    """How a recipe records a per-modality value: a group of one as the plain value."""
+    """How a recipe records a per-modality value (σ_data, the schedule section): a group of one as
+    the plain value (``schedule.name``, one number), several as the mapping by modality."""
     return next(iter(values.values())) if len(values) == 1 else dict(values)
 
 
@@ -317,7 +313,7 @@ def select_schedule(recipe: dict[str, Any], name: str) -> dict[str, Any]:
         current = {"name": current}
     specs = schedule_specs({**out, "schedule": current})
     switched = {key: spec if isinstance(spec, dict) and spec.get("name") == name else {"name": name} for key, spec in specs.items()}
-    out["schedule"] = schedule_section(switched)  # a joint domain: every modality switches
+    out["schedule"] = recorded(switched)  # a joint domain: every modality switches
     return out
 
 

@@ -14,7 +14,7 @@ from multidiff.diffusion.model import ContinuousDiffusion
 from multidiff.domains.base import Domain
 from multidiff.domains.group import ModalityGroup, SingleModality, modality_group
 from multidiff.domains.registry import DOMAINS, get_domain
-from multidiff.recipe import per_modality, recorded, schedule_section, schedule_specs
+from multidiff.recipe import per_modality, recorded, schedule_specs
 from multidiff.rundir import RunDir, schedule_file_names
 from multidiff.schedules.group import ScheduleGroup
 from multidiff.schedules.registry import build_schedule
@@ -90,9 +90,9 @@ def test_a_recipe_records_a_group_of_one_in_its_flat_form():
     flat = {"domain": "binary_image", "schedule": {"name": "infonoise", "bins": 32}}
     specs = schedule_specs(flat)
     assert specs == {"binary_image": {"name": "infonoise", "bins": 32}}
-    assert schedule_section(specs) == flat["schedule"]
+    assert recorded(specs) == flat["schedule"]
     joint = {"domain": "joint", "schedule": {"image": {"name": "edm"}, "audio": {"name": "infonoise"}}}
-    assert schedule_section(schedule_specs(joint)) == joint["schedule"]
+    assert recorded(schedule_specs(joint)) == joint["schedule"]
     assert per_modality(0.5, ["a", "b"]) == {"a": 0.5, "b": 0.5}
     assert per_modality({"a": 0.5}, ["a", "b"]) == {"a": 0.5, "b": None}
     assert recorded({"binary_image": 0.46}) == 0.46 and recorded({"a": 1.0, "b": 2.0}) == {"a": 1.0, "b": 2.0}

@@ -52,8 +52,9 @@ class ModalityGroup:
 
     def condition(self, model: Any, given: dict[str, str], only: Optional[str], n: int, data: DomainData,
                   guidance: float = 1.0) -> Any:  # fmt: skip
-        """What ``multidiff sample --given/--only`` holds fixed (groups with ``conditional_sampling``)."""
-        raise UserError("--given/--only sample some modalities given others; this run has one modality")
+        """What ``multidiff sample --given/--only`` holds fixed (groups with ``conditional_sampling``);
+        a group of one has nothing to hold fixed."""
+        raise UserError(f"--given/--only sample some modalities of a joint run given others; domain '{', '.join(self.modalities())}' is one modality")
 
 
 class SingleModality(ModalityGroup):
@@ -73,10 +74,6 @@ class SingleModality(ModalityGroup):
 
     def modality_model(self, data: DomainData, sigma_data: dict[str, float]) -> DiffusionModel:
         return self.domain.build_model(data, sigma_data[self.domain.name])
-
-    def condition(self, model: Any, given: dict[str, str], only: Optional[str], n: int, data: DomainData,
-                  guidance: float = 1.0) -> Any:  # fmt: skip
-        raise UserError(f"--given/--only sample some modalities of a joint run given others; domain '{self.domain.name}' is one modality")
 
 
 def modality_group(domain: Domain) -> ModalityGroup:

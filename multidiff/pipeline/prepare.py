@@ -17,7 +17,7 @@ from ..domains.registry import get_domain
 from ..errors import UserError
 from ..evaluation import NelboSettings
 from ..metrics.features import cache_root
-from ..recipe import Sections, flatten, per_modality, recorded, schedule_section, schedule_specs, sections
+from ..recipe import Sections, flatten, per_modality, recorded, schedule_specs, sections
 from ..rundir import RunDir
 from ..schedules.api import schedule_context
 from ..schedules.grids import sigma_grid
@@ -87,7 +87,8 @@ def resolve_full(recipe: dict[str, Any]) -> tuple[dict[str, Any], Domain]:
     domain = get_domain(cfg.domain)(recipe, cache_root())
     resolved = {**recipe, **domain.resolved_config()}
     specs = schedule_specs(recipe)
-    modalities = modality_group(domain).modalities()
+    group = modality_group(domain)
+    modalities = group.modalities()
     if list(specs) != modalities:
         want = "schedule.name" if len(modalities) == 1 else ", ".join(f"schedule.{m}.name" for m in modalities)
         got = "schedule.name" if len(specs) == 1 else ", ".join(f"schedule.{k}" for k in specs)
@@ -99,13 +100,13 @@ def resolve_full(recipe: dict[str, Any]) -> tuple[dict[str, Any], Domain]:
             params = make_params(name, {k: v for k, v in spec.items() if k != "name"})
             spec = {"name": name, **dataclasses.asdict(params)}
         full[key] = spec
-    resolved["schedule"] = schedule_section(full)
+    resolved["schedule"] = recorded(full)
     d = cfg.diffusion
     lo = cfg.eval.nelbo_sigma_min or domain.nelbo_sigma_min or d.sigma_min
     if not d.sigma_min <= lo < d.sigma_max:
         raise UserError(f"eval.nelbo_sigma_min must lie in [diffusion.sigma_min, diffusion.sigma_max), got {lo}")
     resolved["eval"] = {**recipe["eval"], "nelbo_sigma_min": float(lo)}  # the record, completed
-    if cfg.sample.guidance != 1 and not modality_group(domain).conditional_sampling:
+    if cfg.sample.guidance != 1 and not group.conditional_sampling:
         raise UserError(f"sample.guidance applies to conditional samples of a joint model; domain '{domain.name}' generates whole examples (leave it at 1)")
     if cfg.train.precision == "auto":
         resolved["train"] = {**recipe["train"], "precision": default_precision(str(cfg.train.accelerator))}
@@ -120,7 +121,7 @@ def known_defaults(domain: Domain, recipe: dict[str, Any]) -> dict[str, Any]:
     sched = {key: param_defaults(spec["name"]) for key, spec in specs.items() if spec["name"] in REGISTRY}
     out = {"data": domain.data_defaults, "model": domain.model_defaults}
     if sched:
-        out["schedule"] = schedule_section(sched) if len(specs) == 1 else sched
+        out["schedule"] = recorded(sched) if len(specs) == 1 else sched
     return flatten(out)
 
 
